@@ -1,0 +1,269 @@
+"""Config loading shared by every service: one pydantic model, from TOML < environment < CLI flags.
+
+Each service declares one `ServiceConfig` subclass whose fields carry a one-line docstring
+(pydantic's `use_attribute_docstrings`), and `load_config` turns it into an argparse parser:
+
+    rlfleet generator --config run.toml --server.port 50052 --max-loras 3
+
+- A TOML file (`--config`) may hold one table per service (`[generator]`, `[learner]`, ...), so one
+  file describes the whole cluster; a file without the service's table is read from its top level.
+- Environment variables `RLFLEET_<FIELD>` (nested fields joined by `__`, e.g.
+  `RLFLEET_SERVER__PORT=50052`) override the file.
+- Flags override both. Nested fields are dotted (`--server.port`), lists repeat the flag, dicts
+  and lists of objects take JSON. `--print-config` prints the resolved config as TOML and exits.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tomllib
+import types
+import typing
+from pathlib import Path
+from typing import Any, ClassVar, Literal, TypeVar
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+ENV_PREFIX = "RLFLEET_"
+
+
+class ConfigModel(BaseModel):
+    """Base of every config model: unknown keys are errors and field docstrings are help texts."""
+
+    model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True, validate_default=True)
+
+
+class TlsConfig(ConfigModel):
+    """Server-side TLS; both files or neither."""
+
+    cert_file: Path | None = None
+    """PEM certificate chain served to clients; enables TLS together with key_file."""
+    key_file: Path | None = None
+    """PEM private key of cert_file."""
+
+
+class ServerConfig(ConfigModel):
+    """How a service listens: address, limits, auth and metrics."""
+
+    host: str = "0.0.0.0"
+    """Interface to bind; 127.0.0.1 keeps the service local to this machine."""
+    port: int = Field(50051, ge=0, le=65535)
+    """gRPC port; 0 picks a free port (tests)."""
+    metrics_port: int | None = Field(None, ge=0, le=65535)
+    """HTTP port serving Prometheus /metrics; unset disables it, 0 picks a free port."""
+    max_message_bytes: int = Field(256 * 1024 * 1024, ge=4 * 1024 * 1024)
+    """Largest gRPC message sent or received, in bytes (gRPC's default of 4 MiB is too small for rollout batches)."""
+    max_concurrent_rpcs: int = Field(256, ge=1)
+    """RPCs handled at once; past it new calls get RESOURCE_EXHAUSTED instead of queueing."""
+    grace_seconds: float = Field(10.0, ge=0)
+    """On SIGTERM/SIGINT, how long in-flight calls may finish before they are cancelled."""
+    auth_token: str | None = None
+    """Shared bearer token; when set, every call except health checks must send `authorization: Bearer <token>`."""
+    tls: TlsConfig = TlsConfig()
+    """TLS certificate and key; unset serves plaintext."""
+    keepalive_seconds: float = Field(30.0, gt=0)
+    """Interval of server keepalive pings on idle connections."""
+
+
+class ClientConfig(ConfigModel):
+    """How a service calls another one: deadline, retries, auth."""
+
+    timeout_seconds: float = Field(60.0, gt=0)
+    """Default deadline of every call that sets none itself."""
+    max_attempts: int = Field(4, ge=1, le=5)
+    """Attempts per call for UNAVAILABLE / RESOURCE_EXHAUSTED (gRPC caps this at 5)."""
+    max_message_bytes: int = Field(256 * 1024 * 1024, ge=4 * 1024 * 1024)
+    """Largest message sent or received, in bytes."""
+    auth_token: str | None = None
+    """Bearer token sent with every call (must match the server's)."""
+    tls_ca_file: Path | None = None
+    """PEM root certificates to verify servers with; unset uses plaintext."""
+
+
+class ServiceConfig(ConfigModel):
+    """Base of the one config model each service has; `section` names its TOML table."""
+
+    section: ClassVar[str] = ""
+    server: ServerConfig = ServerConfig()
+    """Listening address, limits, auth and metrics of this service."""
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    """Python logging level."""
+
+
+C = TypeVar("C", bound=BaseModel)
+
+
+def _unwrap_optional(annotation: Any) -> Any:
+    """`X | None` -> X; anything else unchanged."""
+    if typing.get_origin(annotation) in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(annotation) if a is not type(None)]
+        if len(args) == 1:
+            return args[0]
+    return annotation
+
+
+def _is_model(annotation: Any) -> bool:
+    return isinstance(annotation, type) and issubclass(annotation, BaseModel)
+
+
+def _leaf_fields(model: type[BaseModel], prefix: tuple[str, ...] = ()):
+    """Yields (path, annotation, description) for every flag-able field, recursing into sub-models."""
+    for name, info in model.model_fields.items():
+        annotation = _unwrap_optional(info.annotation)
+        path = prefix + (name,)
+        if _is_model(annotation):
+            yield from _leaf_fields(annotation, path)
+        else:
+            yield path, annotation, info.description or ""
+
+
+def _flag(path: tuple[str, ...]) -> str:
+    return "--" + ".".join(p.replace("_", "-") for p in path)
+
+
+def _kind(annotation: Any) -> str:
+    """How a flag's text becomes a value: 'bool', 'list' (repeatable), 'json' or 'scalar'."""
+    origin = typing.get_origin(annotation)
+    if annotation is bool:
+        return "bool"
+    if origin in (list, tuple, set):
+        (item,) = typing.get_args(annotation)[:1] or (str,)
+        return "json" if _is_model(_unwrap_optional(item)) or typing.get_origin(item) else "list"
+    if origin is dict or _is_model(annotation) or origin in (typing.Union, types.UnionType):
+        return "json"
+    return "scalar"
+
+
+def _set_path(tree: dict, path: tuple[str, ...], value: Any) -> None:
+    for key in path[:-1]:
+        tree = tree.setdefault(key, {})
+    tree[path[-1]] = value
+
+
+def _deep_merge(base: dict, override: dict) -> dict:
+    out = dict(base)
+    for key, value in override.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = _deep_merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def _parse_text(text: str, kind: str, flag: str) -> Any:
+    if kind != "json":
+        return text
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as err:
+        raise SystemExit(f"error: {flag}: expected JSON ({err.msg} at column {err.colno})") from None
+
+
+def build_parser(cls: type[ServiceConfig], prog: str, description: str = "") -> argparse.ArgumentParser:
+    """An argparse parser with one flag per config field (defaults left unset so layers merge)."""
+    parser = argparse.ArgumentParser(prog=prog, description=description or cls.__doc__,
+                                     argument_default=argparse.SUPPRESS)
+    parser.add_argument("--config", type=Path, help="TOML file; its [%s] table (or top level) is read" % cls.section)
+    parser.add_argument("--print-config", action="store_true", help="print the resolved config as TOML and exit")
+    for path, annotation, help_text in _leaf_fields(cls):
+        kind = _kind(annotation)
+        dest = "cfg:" + ".".join(path)
+        if kind == "bool":
+            parser.add_argument(_flag(path), dest=dest, action=argparse.BooleanOptionalAction, help=help_text)
+        elif kind == "list":
+            parser.add_argument(_flag(path), dest=dest, action="append", metavar="VALUE",
+                                help=help_text + " (repeat the flag for several)")
+        else:
+            metavar = "JSON" if kind == "json" else "VALUE"
+            parser.add_argument(_flag(path), dest=dest, metavar=metavar, help=help_text)
+    return parser
+
+
+def _env_layer(cls: type[BaseModel], environ: typing.Mapping[str, str]) -> dict:
+    layer: dict = {}
+    for path, annotation, _ in _leaf_fields(cls):
+        name = ENV_PREFIX + "__".join(path).upper()
+        if name in environ:
+            kind = _kind(annotation)
+            text = environ[name]
+            value = _parse_text(text, "json", name) if kind in ("json", "list") and text.strip()[:1] in "[{" else text
+            if kind == "list" and isinstance(value, str):
+                value = [v for v in value.split(",") if v]
+            _set_path(layer, path, value)
+    return layer
+
+
+def _file_layer(cls: type[ServiceConfig], path: Path | None) -> dict:
+    if path is None:
+        return {}
+    try:
+        data = tomllib.loads(path.read_text())
+    except FileNotFoundError:
+        raise SystemExit(f"error: --config: no such file: {path}") from None
+    except tomllib.TOMLDecodeError as err:
+        raise SystemExit(f"error: --config: {path} is not valid TOML: {err}") from None
+    table = data.get(cls.section)
+    if isinstance(table, dict):
+        return table
+    # A cluster file without this service's table configures other services only.
+    return {} if any(isinstance(data.get(name), dict) for name in CLUSTER_SECTIONS) else data
+
+
+# Tables of a cluster config file, one per service (see compose/ and `rlfleet up`).
+CLUSTER_SECTIONS = ("generator", "reward", "reference", "learner", "up")
+
+
+def _flag_layer(args: argparse.Namespace, cls: type[BaseModel]) -> dict:
+    kinds = {".".join(path): (_kind(ann), _flag(path)) for path, ann, _ in _leaf_fields(cls)}
+    layer: dict = {}
+    for dest, value in vars(args).items():
+        if dest.startswith("cfg:"):
+            key = dest[4:]
+            kind, flag = kinds[key]
+            _set_path(layer, tuple(key.split(".")), _parse_text(value, kind, flag) if isinstance(value, str) else value)
+    return layer
+
+
+def _loc_to_flag(loc: tuple) -> str:
+    return _flag(tuple(str(p) for p in loc if not isinstance(p, int))) if loc else "--config"
+
+
+def validate_layers(cls: type[C], *layers: dict) -> C:
+    """Merges layers (later wins) and validates; a bad value exits with a message naming the flag."""
+    merged: dict = {}
+    for layer in layers:
+        merged = _deep_merge(merged, layer)
+    try:
+        return cls.model_validate(merged)
+    except ValidationError as err:
+        lines = [f"  {_loc_to_flag(e['loc'])}: {e['msg']} (got {e.get('input')!r})" for e in err.errors()]
+        raise SystemExit(f"error: invalid {cls.__name__}:\n" + "\n".join(lines)) from None
+
+
+def load_config(cls: type[C], argv: list[str] | None = None, prog: str = "rlfleet",
+                environ: typing.Mapping[str, str] | None = None) -> C:
+    """Parses argv into `cls` with precedence defaults < TOML file < environment < flags."""
+    parser = build_parser(cls, prog)
+    args = parser.parse_args(argv)
+    config = validate_layers(cls, _file_layer(cls, getattr(args, "config", None)),
+                             _env_layer(cls, os.environ if environ is None else environ),
+                             _flag_layer(args, cls))
+    if getattr(args, "print_config", False):
+        sys.stdout.write(to_toml(config.model_dump(mode="json", exclude_none=True), cls.section))
+        raise SystemExit(0)
+    return config
+
+
+def to_toml(data: dict, section: str = "") -> str:
+    """Writes a (nested) dict of JSON-able values as TOML; tables after scalars, as TOML requires."""
+    scalars = {k: v for k, v in data.items() if not isinstance(v, dict)}
+    tables = {k: v for k, v in data.items() if isinstance(v, dict)}
+    out = [f"[{section}]"] if section and scalars else []
+    out += [f"{k} = {json.dumps(v)}" for k, v in scalars.items() if v is not None]
+    text = "\n".join(out) + ("\n" if out else "")
+    for key, value in tables.items():
+        text += ("\n" if text else "") + to_toml(value, f"{section}.{key}" if section else key)
+    return text

@@ -1,0 +1,121 @@
+"""gRPC server bootstrap shared by every service: health, reflection, limits, auth, TLS, graceful stop.
+
+    server = GrpcServer(config.server, name="generator")
+    generator_pb2_grpc.add_GeneratorServiceServicer_to_server(servicer, server.grpc)
+    await server.start(["rlfleet.v1.GeneratorService"])
+    ... load the model ...
+    await server.set_serving()            # health: NOT_SERVING -> SERVING
+    await server.wait_for_termination()   # until SIGTERM/SIGINT, then drains
+
+Health is NOT_SERVING from start until `set_serving`, so clients and probes never reach a service
+that is still loading. Shutdown follows gRPC's advice: health NOT_SERVING first, then
+`server.stop(grace)` lets in-flight calls finish.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+from collections.abc import Iterable
+
+import grpc
+from grpc import aio
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from rlfleet.config import ServerConfig
+from rlfleet.interceptors import BearerTokenInterceptor, ErrorAndMetricsInterceptor
+from rlfleet.metrics import SERVICE_UP, start_metrics_server
+
+log = logging.getLogger(__name__)
+
+
+def channel_options(max_message_bytes: int, keepalive_seconds: float = 30.0) -> list[tuple[str, int]]:
+    """Message-size and keepalive options; the server allows the client pings these settings send."""
+    return [
+        ("grpc.max_send_message_length", max_message_bytes),
+        ("grpc.max_receive_message_length", max_message_bytes),
+        ("grpc.keepalive_time_ms", int(keepalive_seconds * 1000)),
+        ("grpc.keepalive_timeout_ms", 10_000),
+        ("grpc.http2.min_ping_interval_without_data_ms", 5_000),
+        ("grpc.keepalive_permit_without_calls", 1),
+    ]
+
+
+class GrpcServer:
+    """An aio gRPC server with the standard health and reflection services and rlfleet's interceptors."""
+
+    def __init__(self, config: ServerConfig, name: str):
+        self.config = config
+        self.name = name
+        interceptors: list[aio.ServerInterceptor] = []
+        if config.auth_token:
+            interceptors.append(BearerTokenInterceptor(config.auth_token))
+        interceptors.append(ErrorAndMetricsInterceptor(name))
+        self.grpc = aio.server(
+            interceptors=interceptors,
+            options=channel_options(config.max_message_bytes, config.keepalive_seconds),
+            maximum_concurrent_rpcs=config.max_concurrent_rpcs,
+        )
+        self.health = health.aio.HealthServicer()
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, self.grpc)
+        self._services: list[str] = []
+        self.port: int | None = None
+        self.metrics_port: int | None = None
+        self._stopped = asyncio.Event()
+
+    async def start(self, service_names: Iterable[str]) -> int:
+        """Binds, starts serving (health NOT_SERVING) and the metrics endpoint; returns the bound port."""
+        self._services = list(service_names)
+        reflection.enable_server_reflection(
+            [*self._services, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME],
+            self.grpc)
+        address = f"{self.config.host}:{self.config.port}"
+        tls = self.config.tls
+        if (tls.cert_file is None) != (tls.key_file is None):
+            raise ValueError("server.tls: set both cert_file and key_file, or neither")
+        if tls.cert_file and tls.key_file:
+            creds = grpc.ssl_server_credentials([(tls.key_file.read_bytes(), tls.cert_file.read_bytes())])
+            self.port = self.grpc.add_secure_port(address, creds)
+        else:
+            self.port = self.grpc.add_insecure_port(address)
+        for service in ["", *self._services]:
+            await self.health.set(service, health_pb2.HealthCheckResponse.NOT_SERVING)
+        await self.grpc.start()
+        self.metrics_port = start_metrics_server(self.config.metrics_port)
+        SERVICE_UP.labels(self.name).set(0)
+        log.info("%s listening on %s:%d (NOT_SERVING until ready)", self.name, self.config.host, self.port)
+        return self.port
+
+    async def set_serving(self, serving: bool = True) -> None:
+        """Flips the health status of the server and every registered service."""
+        status = health_pb2.HealthCheckResponse.SERVING if serving else health_pb2.HealthCheckResponse.NOT_SERVING
+        for service in ["", *self._services]:
+            await self.health.set(service, status)
+        SERVICE_UP.labels(self.name).set(1 if serving else 0)
+        log.info("%s %s", self.name, "SERVING" if serving else "NOT_SERVING")
+
+    async def stop(self, grace: float | None = None) -> None:
+        """Health NOT_SERVING, then lets in-flight calls finish for `grace` seconds before cancelling them."""
+        if self._stopped.is_set():
+            return
+        self._stopped.set()
+        await self.health.enter_graceful_shutdown()
+        SERVICE_UP.labels(self.name).set(0)
+        grace = self.config.grace_seconds if grace is None else grace
+        log.info("%s draining (grace %.1fs)", self.name, grace)
+        await self.grpc.stop(grace)
+
+    async def wait_for_termination(self) -> None:
+        """Blocks until SIGTERM or SIGINT (or `stop`), then drains gracefully."""
+        loop = asyncio.get_running_loop()
+        stop_requested = asyncio.Event()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop_requested.set)
+        waiters = [asyncio.ensure_future(stop_requested.wait()), asyncio.ensure_future(self._stopped.wait())]
+        await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
+        for waiter in waiters:
+            waiter.cancel()
+        await self.stop()
+        await self.grpc.wait_for_termination()

@@ -1,0 +1,27 @@
+"""Shared pytest fixtures: the tiny local model (built once per session) and loopback helpers."""
+
+from __future__ import annotations
+
+import os
+import socket
+
+import pytest
+
+# vLLM in the test process: in-process engine (no worker subprocess), as documented in README.
+os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory) -> str:
+    """Path of the tiny Llama model + byte tokenizer, built once for the whole test session."""
+    from rlfleet.tiny_model import build_tiny_model
+
+    return str(build_tiny_model(tmp_path_factory.mktemp("models") / "tiny"))
+
+
+def free_port() -> int:
+    """A TCP port free on loopback right now."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
