@@ -166,7 +166,7 @@ def build_parser(cls: type[ServiceConfig], prog: str, description: str = "") -> 
     """An argparse parser with one flag per config field (defaults left unset so layers merge)."""
     parser = argparse.ArgumentParser(prog=prog, description=description or cls.__doc__,
                                      argument_default=argparse.SUPPRESS)
-    parser.add_argument("--config", type=Path, help="TOML file; its [%s] table (or top level) is read" % cls.section)
+    parser.add_argument("--config", type=Path, help=f"TOML file; its [{cls.section}] table (or top level) is read")
     parser.add_argument("--print-config", action="store_true", help="print the resolved config as TOML and exit")
     for path, annotation, help_text in _leaf_fields(cls):
         kind = _kind(annotation)
