@@ -1,0 +1,82 @@
+"""Config of the in-learner rollout pipeline: dataset, generators, reward services, reference, staleness."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, field_validator
+
+from rlfleet.config import ClientConfig, ConfigModel
+
+
+class RewardServiceConfig(ConfigModel):
+    """One reward service the pipeline calls; totals of several services combine by weight."""
+
+    address: str
+    """gRPC target of the reward service, e.g. `127.0.0.1:50061` or `dns:///reward:50051`."""
+    weight: float = 1.0
+    """Multiplier of this service's total reward in the sample's reward."""
+    name: str = ""
+    """Label of this service in metrics and logs; defaults to the address."""
+
+
+class PipelineConfig(ConfigModel):
+    """Generate -> score -> reference log-probs -> batch, inside the learner process."""
+
+    type: Literal["pipeline"] = "pipeline"
+    dataset: str = "builtin:arithmetic"
+    """Prompts: a local JSONL / Parquet / CSV file, or `builtin:NAME` for a synthetic task (see rlfleet.tasks)."""
+    prompt_column: str = "prompt"
+    """Dataset column holding the prompt text (or a list of chat messages)."""
+    answer_column: str = "answer"
+    """Dataset column passed to rewards as the gold answer (other columns pass through too)."""
+    chat_template: bool = True
+    """Render prompts with the model's chat template (a user turn plus the generation prompt)."""
+    generators: list[str] = ["127.0.0.1:50051"]
+    """gRPC targets of the generators; `dns:///name:port` reaches every replica behind a DNS name."""
+    rewards: list[RewardServiceConfig] = [RewardServiceConfig(address="127.0.0.1:50061")]
+    """Reward services scoring every completion."""
+    reference: str | None = None
+    """gRPC target of the reference service; unset uses the learner's in-process reference when the KL coefficient > 0."""
+    group_size: int = Field(8, ge=1)
+    """Completions sampled per prompt (the GRPO group)."""
+    prompts_per_batch: int = Field(8, ge=1)
+    """Prompt groups in one training batch."""
+    max_tokens: int = Field(64, ge=1)
+    """Maximum completion tokens."""
+    temperature: float = Field(1.0, ge=0)
+    """Sampling temperature."""
+    top_p: float = Field(1.0, gt=0, le=1)
+    """Nucleus sampling mass."""
+    stop: list[str] = []
+    """Stop strings."""
+    max_staleness: int = Field(1, ge=0)
+    """How many policy versions a rollout may lag the learner (0 = strictly on-policy)."""
+    prompts_per_request: int = Field(4, ge=1)
+    """Prompts sent in one Generate call."""
+    max_inflight_requests: int = Field(4, ge=1)
+    """Generate calls kept in flight across all generators."""
+    reward_failure_policy: Literal["drop_group", "zero"] = "drop_group"
+    """A sample whose reward status is not OK: drop its whole group (counted), or train on it with reward 0 (counted)."""
+    generate_timeout_seconds: float = Field(300.0, gt=0)
+    """Deadline of one Generate call; on expiry its prompts go to another generator."""
+    reward_timeout_seconds: float = Field(60.0, gt=0)
+    """Deadline of one Score call."""
+    retry_backoff_seconds: float = Field(1.0, gt=0)
+    """Wait before retrying a failed call (a down reward service pauses the pipeline)."""
+    seed: int = 0
+    """Seed of prompt order and per-request sampling seeds."""
+    eval_split_fraction: float = Field(0.0, ge=0, lt=1)
+    """Fraction of the dataset held out for evaluation (never trained on)."""
+    client: ClientConfig = ClientConfig(timeout_seconds=300.0)
+    """Deadline, retries and auth of calls to generators, rewards and the reference."""
+    dropped_log: Path | None = None
+    """JSONL file listing every dropped prompt with its reason; defaults to RUN_DIR/dropped.jsonl."""
+
+    @field_validator("generators")
+    @classmethod
+    def _at_least_one(cls, value: list[str]) -> list[str]:
+        if not value:
+            raise ValueError("at least one generator address is needed")
+        return value
