@@ -1,0 +1,39 @@
+"""The learner's algorithms as pure functions: advantage estimators, policy losses, KL, aggregation, DAPO filters.
+
+See README.md in this folder for the table of algorithms, formulas and papers.
+"""
+
+from learner.algos.advantages import ADVANTAGE_ESTIMATORS, compute_advantages
+from learner.algos.aggregation import aggregate
+from learner.algos.config import AlgoConfig
+from learner.algos.dapo import filter_uniform_groups, overlong_mask
+from learner.algos.gae import value_loss
+from learner.algos.kl import kl_penalty
+from learner.algos.loss import POLICY_LOSSES, policy_loss
+from learner.algos.tis import tis_weight
+from learner.algos.types import (
+    AdvantageInput,
+    AdvantageOutput,
+    PolicyLossInput,
+    PolicyLossOutput,
+    PolicyLossStats,
+)
+
+__all__ = [
+    "ADVANTAGE_ESTIMATORS",
+    "POLICY_LOSSES",
+    "AdvantageInput",
+    "AdvantageOutput",
+    "AlgoConfig",
+    "PolicyLossInput",
+    "PolicyLossOutput",
+    "PolicyLossStats",
+    "aggregate",
+    "compute_advantages",
+    "filter_uniform_groups",
+    "kl_penalty",
+    "overlong_mask",
+    "policy_loss",
+    "tis_weight",
+    "value_loss",
+]

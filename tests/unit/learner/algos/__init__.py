@@ -1,0 +1,1 @@
+"""Unit tests of the learner's pure algorithm functions."""
