@@ -2,11 +2,22 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from collections.abc import Callable
+from typing import Annotated, Any, Literal
 
-from pydantic import Field, model_validator
+from pydantic import Discriminator, Field, Tag, model_validator
 
 from rlfleet.config import ConfigModel
+
+
+def _type_or(default: str) -> Callable[[Any], str | None]:
+    """Discriminator that reads `type` and falls back to the default choice, so a file or flag may set
+    only a field (`clip_high = 0.3`) of the default variant."""
+
+    def pick(value: Any) -> str | None:
+        return value.get("type", default) if isinstance(value, dict) else getattr(value, "type", None)
+
+    return pick
 
 
 class GRPOAdvantage(ConfigModel):
@@ -54,8 +65,12 @@ class GAEAdvantage(ConfigModel):
 
 
 AdvantageConfig = Annotated[
-    GRPOAdvantage | DrGRPOAdvantage | RLOOAdvantage | ReinforcePPAdvantage | GAEAdvantage,
-    Field(discriminator="type"),
+    Annotated[GRPOAdvantage, Tag("grpo")]
+    | Annotated[DrGRPOAdvantage, Tag("dr_grpo")]
+    | Annotated[RLOOAdvantage, Tag("rloo")]
+    | Annotated[ReinforcePPAdvantage, Tag("reinforce_pp")]
+    | Annotated[GAEAdvantage, Tag("gae")],
+    Discriminator(_type_or("grpo")),
 ]
 
 
@@ -81,7 +96,10 @@ class GSPOLoss(ConfigModel):
     """Upper clip of the sequence ratio: 1 + clip_high (the paper's 4e-4)."""
 
 
-PolicyLossConfig = Annotated[PPOClipLoss | GSPOLoss, Field(discriminator="type")]
+PolicyLossConfig = Annotated[
+    Annotated[PPOClipLoss, Tag("ppo_clip")] | Annotated[GSPOLoss, Tag("gspo")],
+    Discriminator(_type_or("ppo_clip")),
+]
 
 
 class KLConfig(ConfigModel):

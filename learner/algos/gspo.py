@@ -16,7 +16,9 @@ def gspo_terms(inp: PolicyLossInput, config: GSPOLoss) -> ClipTerms:
         pg_i,t = max(-A_i,t * s_i,t, -A_i,t * clip(s_i,t, 1 - clip_low, 1 + clip_high))
 
     Averaged per sequence (aggregation seq_mean_token_mean, which AlgoConfig enforces for gspo) and
-    with one advantage per sequence, value and gradient equal those of the sequence-level GSPO.
+    with one advantage per sequence, value and gradient equal those of the sequence-level GSPO. With
+    per-token advantages or TIS weights, the gradient is by construction GSPO-token's, not the derivative
+    of the loss value (the stop-gradient above).
     """
     mask, logprobs, advantages = inp.mask, inp.logprobs, inp.advantages  # [B, T] each
     lengths = mask.sum(-1).clamp(min=1)  # [B]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import typing
 
 import pytest
 import torch
@@ -77,8 +78,14 @@ def test_reinforce_pp_normalises_undiscounted_returns_over_the_batch():
     torch.testing.assert_close(advantages, expected)
 
 
+def _variants(union) -> list[type]:
+    """The config models of a discriminated union, each wrapped as Annotated[Model, Tag(...)]."""
+    (members, _discriminator) = typing.get_args(union)
+    return [typing.get_args(member)[0] for member in typing.get_args(members)]
+
+
 def test_every_configurable_estimator_is_registered():
-    names = {model.model_fields["type"].default for model in AdvantageConfig.__origin__.__args__}
+    names = {model.model_fields["type"].default for model in _variants(AdvantageConfig)}
     assert names == set(ADVANTAGE_ESTIMATORS) == {"grpo", "dr_grpo", "rloo", "reinforce_pp", "gae"}
 
 
