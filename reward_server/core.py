@@ -1,0 +1,174 @@
+"""The reward service's work, without gRPC: admit a request, fan it out to workers and the model, combine.
+
+    core = RewardCore(config)
+    core.start_workers()          # before any gRPC server exists (forking next to gRPC threads is unsafe)
+    core.load_model()             # may take a while; health stays NOT_SERVING meanwhile
+    scores = await core.score("req-1", [RewardItem(prompt, completion, {"answer": "4"})])
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import logging
+import math
+import time
+from collections.abc import Sequence
+
+from reward_server import metrics
+from reward_server.config import RewardConfig
+from reward_server.items import SEVERITY, ItemScore, Outcome, RewardItem, RewardSpec, Status
+from reward_server.scripts import ScriptError, ScriptSource, check_value, script_version
+from reward_server.workers import WorkerLimits, WorkerPool
+from rlfleet.errors import NotReady, Overloaded
+
+log = logging.getLogger(__name__)
+
+
+def combine(specs: Sequence[RewardSpec], outcomes: dict[str, list[Outcome]], n: int) -> list[ItemScore]:
+    """Per item: weighted sum of the applicable components, and the worst status with every error named.
+
+    A component that returned None is left out of the sum (not counted as 0); an item whose every
+    component is None gets reward 0.0 with status OK and no components (TRL's nansum does the same).
+    """
+    scores = []
+    for i in range(n):
+        components, errors, status = {}, [], Status.OK
+        for spec in specs:
+            outcome = outcomes[spec.name][i]
+            if outcome.status is not Status.OK:
+                errors.append(f"{spec.name}: {outcome.status.name}: {outcome.error}")
+                status = max(status, outcome.status, key=SEVERITY.__getitem__)
+            elif outcome.value is not None:
+                components[spec.name] = outcome.value
+        total = sum(spec.weight * components[spec.name] for spec in specs if spec.name in components)
+        if status is Status.OK and not math.isfinite(total):  # e.g. 1e308 * 10
+            status, errors = Status.INVALID_OUTPUT, [f"weighted total {total} is not finite"]
+        scores.append(ItemScore(total if status is Status.OK else 0.0, components, status, "; ".join(errors)))
+    return scores
+
+
+class RewardCore:
+    """Reward functions in a worker pool, an optional reward model, idempotency and admission control."""
+
+    def __init__(self, config: RewardConfig):
+        self.config = config
+        self.script = ScriptSource.read(config.script) if config.script else None
+        limits = WorkerLimits(**config.limits.model_dump())
+        self.pool = WorkerPool(self.script, config.workers, limits, config.item_timeout_seconds)
+        self.model = None
+        self.specs: list[RewardSpec] = []
+        self.version = ""
+        self.ready = False
+        """True once workers started and the model loaded; set by the server before it reports SERVING."""
+        self._done: collections.OrderedDict[str, list[ItemScore]] = collections.OrderedDict()
+        self._running: dict[str, asyncio.Future] = {}
+        self._window = metrics.WindowMean(config.metrics_window)
+
+    def start_workers(self) -> None:
+        """Starts the pool and resolves the configured reward names; raises ScriptError on any problem."""
+        weights = self.config.weights()
+        if not weights and not (self.script is None and self.config.model):
+            functions = self.pool.start()
+            weights = [(info.name, 1.0) for info in functions.values() if info.kind == "function"]
+            if not weights:
+                raise ScriptError(f"{self.script.path}: no reward functions found (define f(prompts, completions, "
+                                  "**columns) or f(prompt, completion, **columns))")
+        elif weights:
+            functions = self.pool.start()
+        else:
+            functions = {}
+        for name, weight in weights:
+            if name not in functions:
+                where = f"{self.script.path} or the built-ins" if self.script else "the built-ins"
+                raise ScriptError(f"no reward function {name!r} in {where} (available: {', '.join(functions)})")
+            info = functions[name]
+            self.specs.append(RewardSpec(name, weight, info.kind, info.description, info.batched))
+        self.version = script_version(self.script, weights)
+
+    def load_model(self) -> None:
+        """Loads the reward model if one is configured (after the server started: health says NOT_SERVING)."""
+        if self.config.model is None:
+            return
+        from reward_server.model import RewardModel
+
+        self.model = RewardModel(self.config.model, self.config.model_max_batch_tokens)
+        self.specs.append(RewardSpec(self.config.model_name, self.config.model_weight, "model", self.model.description))
+        weights = [(s.name, s.weight) for s in self.specs]
+        self.version = script_version(self.script, weights, self.model.model_id)
+
+    async def score(self, request_id: str, items: list[RewardItem]) -> list[ItemScore]:
+        """Scores of `items` in order; the first answer for a request_id is reused by its retries."""
+        if not self.ready:
+            raise NotReady("reward server is still starting (importing the script / loading the model)")
+        if request_id in self._done:
+            metrics.DUPLICATE_REQUESTS.inc()
+            return self._done[request_id]
+        if request_id in self._running:
+            metrics.DUPLICATE_REQUESTS.inc()
+            return await asyncio.shield(self._running[request_id])
+        if self.pool.pending_items + len(items) > self.config.max_queued_items:
+            metrics.REJECTED_ITEMS.inc(len(items))
+            raise Overloaded(f"{self.pool.pending_items} items queued; at most {self.config.max_queued_items} "
+                             f"(max_queued_items) may wait; retry later")
+        task = asyncio.ensure_future(self._score(items))
+        if request_id:
+            self._running[request_id] = task
+        try:
+            scores = await task
+        finally:
+            self._running.pop(request_id, None)
+        if request_id and self.config.dedupe_cache_size:
+            self._done[request_id] = scores
+            while len(self._done) > self.config.dedupe_cache_size:
+                self._done.popitem(last=False)
+        return scores
+
+    def _chunks(self, items: list[RewardItem]) -> list[list[RewardItem]]:
+        # Spread one request over the workers, but keep chunks big enough to amortise a pipe round trip.
+        size = min(self.config.max_batch_items, max(8, math.ceil(len(items) / self.config.workers)))
+        return [items[i:i + size] for i in range(0, len(items), size)]
+
+    async def _score(self, items: list[RewardItem]) -> list[ItemScore]:
+        chunks = self._chunks(items)
+        submitted, waits = [], []
+        for spec in self.specs:
+            if spec.kind == "model":
+                waits.append(self._score_model(spec, items))
+                continue
+            futures = [self.pool.submit(spec.name, chunk) for chunk in chunks]
+            submitted += futures
+            waits.append(self._gather(spec, futures))
+        try:
+            per_spec = await asyncio.gather(*waits)
+        except asyncio.CancelledError:
+            for future in submitted:  # the feeders skip these, or kill the worker running one
+                future.cancel()
+            raise
+        outcomes = {spec.name: out for spec, out in zip(self.specs, per_spec, strict=True)}
+        self._record(outcomes)
+        return combine(self.specs, outcomes, len(items))
+
+    async def _gather(self, spec: RewardSpec, futures) -> list[Outcome]:
+        start = time.perf_counter()
+        out: list[Outcome] = []
+        for future in futures:
+            out += await asyncio.wrap_future(future)
+            metrics.SCORE_LATENCY.labels(spec.name).observe(time.perf_counter() - start)
+        return out
+
+    async def _score_model(self, spec: RewardSpec, items: list[RewardItem]) -> list[Outcome]:
+        start = time.perf_counter()
+        values = await asyncio.to_thread(self.model.score, [i.prompt + i.completion for i in items])
+        metrics.SCORE_LATENCY.labels(spec.name).observe(time.perf_counter() - start)
+        return [check_value(v) for v in values]
+
+    def _record(self, outcomes: dict[str, list[Outcome]]) -> None:
+        for name, out in outcomes.items():
+            counts = collections.Counter(o.status.name for o in out)
+            for status, count in counts.items():
+                metrics.ITEMS_SCORED.labels(name, status).inc(count)
+            self._window.add(name, [o.value for o in out if o.status is Status.OK and o.value is not None])
+
+    def close(self) -> None:
+        self.pool.close()

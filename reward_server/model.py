@@ -1,0 +1,71 @@
+"""Model-based reward: a sequence-classification model scoring prompt + completion, batched by token budget.
+
+Scores do not depend on batch composition: sequences are right-padded, so every real token keeps
+its position id and attends only to real tokens (left padding would shift Llama's default
+position ids), and the score is read at each sequence's own last real token — the same token
+transformers' `*ForSequenceClassification` picks (the last token that is not `pad_token_id`).
+"""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+
+from rlfleet.adapters import base_model_id
+
+
+class RewardModel:
+    """A transformers AutoModelForSequenceClassification with one output label, in eval mode on the CPU or GPU."""
+
+    def __init__(self, path: str | Path, max_batch_tokens: int = 8192):
+        import torch
+        from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+        self.path = str(path)
+        self.max_batch_tokens = max_batch_tokens
+        self.tokenizer = AutoTokenizer.from_pretrained(self.path)
+        self.model = AutoModelForSequenceClassification.from_pretrained(self.path, dtype=torch.float32)
+        if self.model.config.num_labels != 1:
+            raise ValueError(f"{self.path}: a reward model needs num_labels=1, got {self.model.config.num_labels}")
+        if self.tokenizer.pad_token_id is None:
+            self.tokenizer.pad_token = self.tokenizer.eos_token
+        self.pad_id = self.tokenizer.pad_token_id
+        self.model.config.pad_token_id = self.pad_id
+        self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        self.model.to(self.device).eval()
+        self.model_id = base_model_id(self.path)
+        self.description = f"sequence-classification reward model {Path(self.path).name}"
+        self._lock = threading.Lock()  # one forward at a time: concurrent calls would only fight for cores
+
+    def batches(self, lengths: list[int]) -> list[list[int]]:
+        """Indices grouped so that (longest length in the group) x (group size) <= max_batch_tokens.
+
+        Sorting by length first keeps padding small; a sequence longer than the budget goes alone.
+        """
+        order = sorted(range(len(lengths)), key=lambda i: lengths[i])
+        groups: list[list[int]] = []
+        for i in order:
+            if groups and lengths[i] * (len(groups[-1]) + 1) <= self.max_batch_tokens:
+                groups[-1].append(i)
+            else:
+                groups.append([i])
+        return groups
+
+    def score(self, texts: list[str]) -> list[float]:
+        """One score per text, in order."""
+        import torch
+
+        ids = [self.tokenizer(t, add_special_tokens=True)["input_ids"] for t in texts]
+        scores: list[float] = [0.0] * len(texts)
+        with self._lock, torch.inference_mode():
+            for group in self.batches([len(x) for x in ids]):
+                width = max(len(ids[i]) for i in group)
+                input_ids = torch.full((len(group), width), self.pad_id, dtype=torch.long)  # [B, T]
+                mask = torch.zeros((len(group), width), dtype=torch.long)  # [B, T]
+                for row, i in enumerate(group):
+                    input_ids[row, :len(ids[i])] = torch.tensor(ids[i])
+                    mask[row, :len(ids[i])] = 1
+                logits = self.model(input_ids=input_ids.to(self.device), attention_mask=mask.to(self.device)).logits
+                for row, i in enumerate(group):
+                    scores[i] = float(logits[row, 0])  # logits: [B, 1]
+        return scores

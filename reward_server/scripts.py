@@ -1,0 +1,171 @@
+"""Reward scripts: loading a user's file, finding its reward functions, calling them and checking what they return.
+
+Everything here runs inside a worker process (never in the server process): importing a user's
+script executes arbitrary code. The server only reads the file's bytes, to hash them and to hand
+the same source to every worker, so a file edited on disk mid-run cannot make workers disagree.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import inspect
+import math
+import numbers
+import sys
+import traceback
+import types
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from reward_server.items import Outcome, RewardItem, Status
+
+MODULE_NAME = "rlfleet_reward_script"
+
+
+class ScriptError(Exception):
+    """The reward script cannot be used; the message starts with `FILE:LINE:` where one is known."""
+
+
+@dataclass(frozen=True)
+class ScriptSource:
+    """A reward script read once by the server: its path (for tracebacks) and its exact text."""
+
+    path: str
+    text: str
+
+    @classmethod
+    def read(cls, path: str | Path) -> ScriptSource:
+        path = Path(path).resolve()
+        try:
+            return cls(str(path), path.read_text())
+        except OSError as err:
+            raise ScriptError(f"{path}: cannot read reward script: {err.strerror}") from None
+
+
+@dataclass(frozen=True)
+class RewardFunction:
+    """A callable reward with its calling convention, as discovered in a script or among the built-ins."""
+
+    name: str
+    fn: Callable[..., Any]
+    batched: bool
+    kind: str
+    description: str
+
+    def accepted(self, kwargs: dict[str, Any]) -> dict[str, Any]:
+        """The keyword arguments this function can take: all of them with **kwargs, else the named ones."""
+        params = inspect.signature(self.fn).parameters
+        if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
+            return kwargs
+        return {k: v for k, v in kwargs.items() if k in params}
+
+
+def calling_form(fn: Callable[..., Any]) -> bool | None:
+    """True for f(prompts, completions, ...), False for f(prompt, completion, ...), None for anything else."""
+    try:
+        names = list(inspect.signature(fn).parameters)[:2]
+    except (TypeError, ValueError):
+        return None
+    if names == ["prompts", "completions"]:
+        return True
+    if names == ["prompt", "completion"]:
+        return False
+    return None
+
+
+def describe(fn: Callable[..., Any]) -> str:
+    """First line of a function's docstring."""
+    doc = inspect.getdoc(fn) or ""
+    return doc.splitlines()[0] if doc else ""
+
+
+def _error_location(err: BaseException, path: str) -> str:
+    """`FILE:LINE: Type: message` pointing into the script where possible."""
+    if isinstance(err, SyntaxError) and err.filename == path:
+        return f"{path}:{err.lineno}: SyntaxError: {err.msg}"
+    frames = [f for f in traceback.extract_tb(err.__traceback__) if f.filename == path]
+    where = f"{path}:{frames[-1].lineno}" if frames else path
+    return f"{where}: {type(err).__name__}: {err}"
+
+
+def load_script(source: ScriptSource) -> types.ModuleType:
+    """Executes the script as a module; raises ScriptError naming the file and line on any failure."""
+    module = types.ModuleType(MODULE_NAME)
+    module.__file__ = source.path
+    sys.modules[MODULE_NAME] = module
+    # Scripts may import helper modules that sit beside them.
+    sys.path.insert(0, str(Path(source.path).parent))
+    try:
+        exec(compile(source.text, source.path, "exec"), module.__dict__)  # noqa: S102 - running it is the point
+    except BaseException as err:  # noqa: BLE001 - SystemExit at import is a broken script too
+        raise ScriptError(_error_location(err, source.path)) from None
+    return module
+
+
+def script_functions(module: types.ModuleType) -> dict[str, RewardFunction]:
+    """Public functions defined in the script (not imported into it) with a reward calling form."""
+    found = {}
+    for name, fn in vars(module).items():
+        if name.startswith("_") or not inspect.isfunction(fn) or fn.__module__ != MODULE_NAME:
+            continue
+        form = calling_form(fn)
+        if form is not None:
+            found[name] = RewardFunction(name, fn, form, "function", describe(fn))
+    return found
+
+
+def script_version(source: ScriptSource | None, weights: Sequence[tuple[str, float]], model_id: str = "") -> str:
+    """Short hash of the script text, the reward names and weights, and the reward model's identity."""
+    digest = hashlib.sha256((source.text if source else "").encode())
+    digest.update(repr(sorted(weights)).encode())
+    digest.update(model_id.encode())
+    return digest.hexdigest()[:16]
+
+
+def check_value(value: Any) -> Outcome:
+    """One returned value -> OK (a finite float or None) or INVALID_OUTPUT saying what was wrong."""
+    if value is None:
+        return Outcome(Status.OK, None)
+    if isinstance(value, numbers.Real):  # bool included: TRL scripts often return True/False
+        number = float(value)
+        if math.isfinite(number):
+            return Outcome(Status.OK, number)
+        return Outcome(Status.INVALID_OUTPUT, error=f"returned {number} (not finite)")
+    return Outcome(Status.INVALID_OUTPUT, error=f"returned {type(value).__name__} {str(value)[:80]!r}, not a number")
+
+
+def _failure(err: BaseException) -> str:
+    if isinstance(err, SystemExit):
+        return f"called sys.exit({err.code!r})"
+    return f"{type(err).__name__}: {err}"[:500]
+
+
+def call_batched(function: RewardFunction, items: Sequence[RewardItem]) -> list[Outcome] | str:
+    """Calls a TRL-form function once for all items; a string is the exception it raised."""
+    per_item = [item.kwargs() for item in items]
+    # TRL passes each column as a list over the batch; an item without the column gets None.
+    columns = {key: [kw.get(key) for kw in per_item] for key in {k for kw in per_item for k in kw}}
+    try:
+        values = function.fn([i.prompt for i in items], [i.completion for i in items], **function.accepted(columns))
+    except BaseException as err:  # noqa: BLE001 - user code; SystemExit included
+        return _failure(err)
+    if hasattr(values, "tolist"):  # numpy arrays and torch tensors
+        values = values.tolist()
+    if not isinstance(values, list | tuple):
+        bad = Outcome(Status.INVALID_OUTPUT, error=f"returned {type(values).__name__}, not a list of {len(items)}")
+        return [bad] * len(items)
+    if len(values) != len(items):
+        bad = Outcome(Status.INVALID_OUTPUT, error=f"returned {len(values)} values for {len(items)} items")
+        return [bad] * len(items)
+    return [check_value(v) for v in values]
+
+
+def call_one(function: RewardFunction, item: RewardItem) -> Outcome:
+    """Calls a per-item function; an exception (or sys.exit) becomes an ERROR outcome."""
+    try:
+        value = function.fn(item.prompt, item.completion, **function.accepted(item.kwargs()))
+    except BaseException as err:  # noqa: BLE001 - user code; SystemExit included
+        return Outcome(Status.ERROR, error=_failure(err))
+    return check_value(value)

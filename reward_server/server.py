@@ -1,0 +1,36 @@
+"""Wires the reward service into rlfleet's GrpcServer: start (NOT_SERVING) -> load the model -> SERVING -> drain."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+from reward_server.core import RewardCore
+from reward_server.sandbox import network_isolation
+from reward_server.servicer import RewardServicer
+from rlfleet.config import ServerConfig
+from rlfleet.server import GrpcServer
+from rlfleet.v1 import reward_pb2_grpc
+
+log = logging.getLogger(__name__)
+SERVICE = "rlfleet.v1.RewardService"
+
+
+async def start_server(config: ServerConfig, core: RewardCore) -> GrpcServer:
+    """Serves `core` (whose workers must already run) and returns once health says SERVING."""
+    server = GrpcServer(config, name="reward")
+    reward_pb2_grpc.add_RewardServiceServicer_to_server(RewardServicer(core), server.grpc)
+    await server.start([SERVICE])
+    await asyncio.to_thread(core.load_model)
+    core.ready = True
+    log.info("rewards %s (script_version %s); code sandbox network isolation: %s",
+             ", ".join(f"{s.name}:{s.weight:g}" for s in core.specs), core.version,
+             " ".join(network_isolation()) or "NONE (no unshare here)")
+    await server.set_serving()
+    return server
+
+
+async def serve(config: ServerConfig, core: RewardCore) -> None:
+    """Runs until SIGTERM/SIGINT, then drains in-flight calls."""
+    server = await start_server(config, core)
+    await server.wait_for_termination()

@@ -1,0 +1,58 @@
+"""RewardService over gRPC: protobuf <-> reward_server domain types, nothing else."""
+
+from __future__ import annotations
+
+import json
+
+from reward_server.core import RewardCore
+from reward_server.items import ItemScore, RewardItem
+from rlfleet.errors import InvalidRequest
+from rlfleet.v1 import common_pb2, reward_pb2, reward_pb2_grpc
+
+FINISH_REASONS = {common_pb2.FINISH_REASON_STOP: "stop", common_pb2.FINISH_REASON_LENGTH: "length",
+                  common_pb2.FINISH_REASON_ABORT: "abort"}
+# Names a reward function already receives positionally or from the item itself.
+RESERVED_COLUMNS = {"prompt", "completion", "prompts", "completions", "completion_tokens", "finish_reason"}
+
+
+def item_from_proto(index: int, item: reward_pb2.RewardItem) -> RewardItem:
+    """One RewardItem with its columns JSON-decoded and `reference` passed as the `answer` column."""
+    columns = {}
+    for key, text in item.columns.items():
+        field = f'items[{index}].columns["{key}"]'
+        if key in RESERVED_COLUMNS or not key.isidentifier():
+            raise InvalidRequest(field, "column names must be Python identifiers other than "
+                                        f"{', '.join(sorted(RESERVED_COLUMNS))}")
+        try:
+            columns[key] = json.loads(text)
+        except json.JSONDecodeError as err:
+            raise InvalidRequest(field, f"value is not JSON ({err.msg}); columns are JSON-encoded") from None
+    if item.HasField("reference") and "answer" not in columns:
+        columns["answer"] = item.reference
+    return RewardItem(item.prompt, item.completion, columns, item.completion_tokens,
+                      FINISH_REASONS.get(item.finish_reason))
+
+
+def result_to_proto(score: ItemScore) -> reward_pb2.RewardResult:
+    return reward_pb2.RewardResult(reward=score.reward, components=score.components, status=int(score.status),
+                                   error=score.error)
+
+
+class RewardServicer(reward_pb2_grpc.RewardServiceServicer):
+    """Translates Score and ListRewards calls for a RewardCore."""
+
+    def __init__(self, core: RewardCore):
+        self.core = core
+
+    async def Score(self, request: reward_pb2.ScoreRequest, context) -> reward_pb2.ScoreResponse:
+        if not request.items:
+            raise InvalidRequest("items", "must hold at least one item")
+        items = [item_from_proto(i, item) for i, item in enumerate(request.items)]
+        scores = await self.core.score(request.request_id, items)
+        return reward_pb2.ScoreResponse(results=[result_to_proto(s) for s in scores],
+                                        script_version=self.core.version)
+
+    async def ListRewards(self, request: reward_pb2.ListRewardsRequest, context) -> reward_pb2.ListRewardsResponse:
+        specs = [reward_pb2.RewardSpec(name=s.name, weight=s.weight, kind=s.kind, description=s.description)
+                 for s in self.core.specs]
+        return reward_pb2.ListRewardsResponse(rewards=specs, script_version=self.core.version)
