@@ -59,7 +59,7 @@ def _stats(inp: PolicyLossInput, config: AlgoConfig, terms: ClipTerms, weight: T
     cap = config.tis.cap
     return PolicyLossStats(
         pg_loss=_aggregate(pg_loss.detach(), inp, config),
-        kl=_aggregate(kl.detach(), inp, config) if kl is not None else torch.zeros((), dtype=inp.mask.dtype),
+        kl=_aggregate(kl.detach(), inp, config) if kl is not None else inp.mask.new_zeros(()),
         clip_frac_low=_token_mean(terms.clipped_low, inp),
         clip_frac_high=_token_mean(terms.clipped_high, inp),
         dual_clip_frac=_token_mean(terms.dual_clipped, inp),

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import torch
+
 from learner.algos.config import ReinforcePPAdvantage
 from learner.algos.masked import masked_whiten
 from learner.algos.types import AdvantageInput, AdvantageOutput
@@ -15,7 +17,7 @@ def reinforce_pp_advantages(inp: AdvantageInput, config: ReinforcePPAdvantage) -
     reward sits on the last token, so every token's return contains it). No group baseline: the
     normalisation is global, so call this on the whole global batch, not per micro-batch.
     """
-    token_rewards = inp.token_rewards * inp.mask if inp.token_rewards is not None else inp.mask * 0  # [B, T]
+    token_rewards = inp.token_rewards * inp.mask if inp.token_rewards is not None else torch.zeros_like(inp.mask)  # [B, T]
     to_go = token_rewards.flip(-1).cumsum(-1).flip(-1)  # [B, T] sum_{s >= t}
     returns = inp.rewards[:, None] + to_go  # [B, T]
     return AdvantageOutput(advantages=masked_whiten(returns, inp.mask, config.eps))  # [B, T]

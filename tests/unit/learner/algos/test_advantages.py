@@ -94,3 +94,13 @@ def test_bad_shapes_name_the_field():
         AdvantageInput(rewards=torch.zeros(3), group_ids=torch.zeros(2, dtype=torch.long), mask=torch.ones(3, 4))
     with pytest.raises(ValueError, match="values"):
         AdvantageInput(rewards=torch.zeros(3), group_ids=torch.zeros(3), mask=torch.ones(3, 4), values=torch.ones(3))
+
+
+def test_reinforce_pp_with_outcome_rewards_only_weights_long_completions_by_their_tokens():
+    # every token's return is its completion's reward: tokens [1, 1, 0]; mean 2/3,
+    # var = (2 * (1/3)^2 + (2/3)^2) / 3 = 2/9, std = sqrt(2)/3 -> A = [1/sqrt2, 1/sqrt2, -sqrt2]
+    rewards = torch.tensor([1.0, 0.0], dtype=torch.float64)
+    mask = torch.tensor([[1.0, 1.0], [1.0, 0.0]], dtype=torch.float64)
+    advantages = _advantages({"type": "reinforce_pp", "eps": 0.0}, rewards, torch.tensor([0, 0]), mask)
+    s = 1 / math.sqrt(2)
+    torch.testing.assert_close(advantages, torch.tensor([[s, s], [-math.sqrt(2), 0.0]], dtype=torch.float64))
