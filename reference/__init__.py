@@ -1,0 +1,1 @@
+"""rlfleet reference service: per-token log-probs of completions under the frozen reference model."""

@@ -1,0 +1,104 @@
+"""Reference core: token-budget packing, the selective head, input validation, the load-time self-check."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from reference.core import TokenSequence, plan_batches, sequence_logprobs, validate_sequences
+from reference.head import selective_logprobs
+from reference.model import ReferenceModel
+from rlfleet.errors import InvalidRequest
+
+
+def test_plan_batches_packs_by_padded_length_longest_first():
+    # lengths 5, 2, 9, 3, 9 with budget 20: sorted longest first -> 2, 4, 0, 3, 1 (ties by index).
+    # [2, 4] pads to 9 x 2 = 18 <= 20; adding 0 would be 9 x 3 = 27 > 20, so 0 starts a batch:
+    # [0, 3, 1] pads to 5 x 3 = 15 <= 20.
+    assert plan_batches([5, 2, 9, 3, 9], 20) == [[2, 4], [0, 3, 1]]
+
+
+def test_plan_batches_gives_an_over_budget_sequence_its_own_batch():
+    # 30 > budget 16 runs alone; then 8 x 2 = 16 fits exactly; a third 8 would make 24.
+    assert plan_batches([8, 30, 8, 8], 16) == [[1], [0, 2], [3]]
+    assert plan_batches([], 16) == []
+
+
+def test_selective_logprobs_by_hand():
+    # hidden [1, 0] against rows [1, 0], [0, 1], [0, 0] gives logits [1, 0, 0];
+    # logsumexp = log(e + 2) = 1.551445; log p(0) = 1 - 1.551445 = -0.551445, log p(1) = -1.551445.
+    # entropy = lse - sum p z = 1.551445 - e / (e + 2) = 1.551445 - 0.576117 = 0.975328.
+    hidden = torch.tensor([[1.0, 0.0], [1.0, 0.0]])  # [2, 2]
+    weight = torch.tensor([[1.0, 0.0], [0.0, 1.0], [0.0, 0.0]])  # [3, 2]
+    logprobs, entropy = selective_logprobs(hidden, weight, torch.tensor([0, 1]), chunk_size=1, return_entropy=True)
+    lse = math.log(math.e + 2)
+    assert logprobs.tolist() == pytest.approx([1 - lse, -lse], abs=1e-6)
+    assert entropy.tolist() == pytest.approx([lse - math.e / (math.e + 2)] * 2, abs=1e-6)
+
+
+def test_selective_logprobs_matches_float64_across_chunk_boundaries():
+    g = torch.Generator().manual_seed(0)
+    hidden = torch.randn(37, 13, generator=g)  # [N, H], odd sizes: 37 = 3 chunks of 16 with a remainder
+    weight = torch.randn(101, 13, generator=g)  # [V, H]
+    targets = torch.randint(0, 101, (37,), generator=g)
+    full = (hidden.double() @ weight.double().T).log_softmax(-1)  # [N, V]
+    expected_lp = full.gather(1, targets[:, None]).squeeze(1)
+    expected_ent = -(full.exp() * full).sum(-1)
+    for chunk in (1, 16, 37, 1000):
+        logprobs, entropy = selective_logprobs(hidden, weight, targets, chunk, return_entropy=True)
+        assert torch.allclose(logprobs.double(), expected_lp, atol=1e-5)
+        assert torch.allclose(entropy.double(), expected_ent, atol=1e-5)
+    assert selective_logprobs(hidden, weight, targets, 16)[1] is None
+
+
+@pytest.mark.parametrize(("sequence", "field", "words"), [
+    (TokenSequence([1, 2, 262], 1), "sequences[1].token_ids", "token id 262 at position 2"),
+    (TokenSequence([1, 2, 3], 0), "sequences[1].prompt_length", "is 0"),
+    (TokenSequence([1, 2, 3], 4), "sequences[1].prompt_length", "[1, 3]"),
+    (TokenSequence([1] * 11, 1), "sequences[1].token_ids", "11 tokens"),
+    (TokenSequence([], 0), "sequences[1].token_ids", "empty"),
+])
+def test_validate_names_the_bad_sequence(sequence, field, words):
+    with pytest.raises(InvalidRequest) as err:
+        validate_sequences([TokenSequence([5, 6], 1), sequence], vocab_size=262, max_model_len=10)
+    assert err.value.field == field and words in str(err.value)
+
+
+def test_validate_rejects_an_empty_request_and_accepts_a_prompt_only_sequence():
+    with pytest.raises(InvalidRequest, match="^sequences:"):
+        validate_sequences([], vocab_size=262, max_model_len=10)
+    validate_sequences([TokenSequence([261] * 10, 10)], vocab_size=262, max_model_len=10)
+
+
+def _tiny(path: str, max_model_len: int | None = None) -> ReferenceModel:
+    from transformers import AutoModelForCausalLM
+
+    return ReferenceModel.from_causal_lm(AutoModelForCausalLM.from_pretrained(path), max_model_len)
+
+
+def test_model_is_frozen_and_prompt_only_sequences_get_empty_results(tiny_model_dir):
+    model = _tiny(tiny_model_dir, max_model_len=64)
+    assert model.max_model_len == 64 and model.vocab_size == 262
+    assert not any(p.requires_grad for p in model.backbone.parameters()) and not model.backbone.training
+    results = sequence_logprobs(model, [TokenSequence([3, 4, 5], 3), TokenSequence([3, 4, 5], 2)], 64, True)
+    assert [len(r.logprobs) for r in results] == [0, 1] and [len(r.entropies) for r in results] == [0, 1]
+    assert results[1].logprobs.dtype == torch.float32 and results[1].logprobs.item() < 0
+
+
+def test_self_check_refuses_a_model_that_rescales_its_logits(tiny_model_dir):
+    from transformers import AutoModelForCausalLM, LlamaForCausalLM
+
+    class ScaledLogits(LlamaForCausalLM):
+        """A Llama whose forward doubles its logits, as logit-scaled architectures do."""
+
+        def forward(self, *args, **kwargs):
+            out = super().forward(*args, **kwargs)
+            out.logits = out.logits * 2
+            return out
+
+    model = ScaledLogits.from_pretrained(tiny_model_dir)
+    with pytest.raises(ValueError, match="not supported"):
+        ReferenceModel.from_causal_lm(model)
+    ReferenceModel.from_causal_lm(AutoModelForCausalLM.from_pretrained(tiny_model_dir))  # the plain one passes
