@@ -188,3 +188,28 @@ def test_shape_mismatch_names_the_tensor():
     with pytest.raises(ValueError, match="old_logprobs: shape"):
         fused_policy_loss(lp, old[:, :4], behaviour, adv, mask, **TERMS, tis_cap=2.0, kl_coef=0.0,
                           aggregation="token_mean")
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("aggregation", AGGREGATIONS)
+def test_equals_learner_algos_policy_loss(backend, aggregation):
+    # The pure implementation the learner falls back to (PPO-clip, TIS, k3 KL in the loss), in float64.
+    from learner.algos import AlgoConfig, PolicyLossInput, policy_loss
+
+    lp, old, behaviour, adv, mask, ref = _batch(5, 37, torch.float32, _device(backend), seed=3)
+    config = AlgoConfig.model_validate({
+        "policy_loss": {"type": "ppo_clip", **TERMS}, "tis": {"cap": 2.0}, "kl": {"coef": 0.1, "estimator": "k3"},
+        "aggregation": aggregation, "seq_sum_normaliser": 37.0})
+    pure_lp = lp.double().requires_grad_()
+    pure = policy_loss(PolicyLossInput(pure_lp, old.double(), behaviour.double(), adv.double(), mask.double(),
+                                       ref.double()), config)
+    pure.loss.backward()
+    fused_lp = lp.clone().requires_grad_()
+    fused = fused_policy_loss(fused_lp, old, behaviour, adv, mask, ref, **TERMS, tis_cap=2.0, kl_coef=0.1,
+                              aggregation=aggregation, seq_sum_normaliser=37.0, backend=backend)
+    fused.loss.backward()
+    close = dict(atol=1e-6, rtol=1e-5)
+    torch.testing.assert_close(fused.loss.double(), pure.loss, **close)
+    torch.testing.assert_close(fused_lp.grad.double(), pure_lp.grad, atol=1e-7, rtol=1e-5)
+    for name in ("pg_loss", "kl", "clip_frac_low", "clip_frac_high"):
+        torch.testing.assert_close(getattr(fused, name).double(), getattr(pure.stats, name).double(), **close)
