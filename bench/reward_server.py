@@ -1,0 +1,136 @@
+"""Reward-server throughput and latency through gRPC on loopback vs. the same function in-process.
+
+    python -m bench.reward_server [--workers 2] [--calls 100]
+
+For the regex built-in (`think_answer_format`) and Math-Verify (`math_answer`) in turn, starts
+`rlfleet reward-server` as a subprocess serving that reward, and measures: in-process throughput (items/s, and
+items per CPU-second), service throughput at batch 64 (items/s, and items per CPU-second summed over
+the server, its fork server and its workers), and p50/p99 latency of one Score call per group of 8.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+COMPLETIONS = [
+    "<think>The sum of 17 and 25 is 42, since 17 + 20 = 37 and 37 + 5 = 42.</think><answer>42</answer>",
+    "<think></think>42",
+    "Let me think. " * 20 + r"So the answer is $\boxed{\frac{1}{2}}$.",
+    r"<think>3/6 reduces to 1/2</think><answer>$\boxed{0.5}$</answer>",
+]
+ANSWERS = ["42", "42", r"\frac{1}{2}", "1/2"]
+
+
+def _items(n: int) -> list[tuple[str, str, str]]:
+    return [("What is it?", COMPLETIONS[i % 4], ANSWERS[i % 4]) for i in range(n)]
+
+
+def tree_cpu_seconds(root: int) -> float:
+    """User + system CPU seconds of `root` and all its descendants (from /proc)."""
+    parents, cpu = {}, {}
+    tick = os.sysconf("SC_CLK_TCK")
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            parents[int(entry.name)] = int(fields[1])
+            cpu[int(entry.name)] = (int(fields[11]) + int(fields[12])) / tick
+    tree, frontier = {root}, [root]
+    while frontier:
+        pid = frontier.pop()
+        children = [p for p, pp in parents.items() if pp == pid]
+        tree.update(children)
+        frontier += children
+    return sum(cpu.get(p, 0.0) for p in tree)
+
+
+def in_process(name: str, items: list[tuple[str, str, str]]) -> tuple[float, float]:
+    """(items/s, items per CPU-second) calling the built-in directly, one item at a time."""
+    from reward_server.builtins import BUILTINS
+
+    fn = BUILTINS[name]
+    wall, cpu = time.perf_counter(), time.process_time()
+    for prompt, completion, answer in items:
+        fn(prompt, completion, answer=answer)
+    wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
+    return len(items) / wall, len(items) / max(cpu, 1e-9)
+
+
+async def through_grpc(port: int, server_pid: int, name: str, calls: int, batch: int) -> dict:
+    from rlfleet.client import make_channel
+    from rlfleet.v1 import reward_pb2, reward_pb2_grpc
+
+    def request(n: int, tag: str) -> reward_pb2.ScoreRequest:
+        return reward_pb2.ScoreRequest(request_id=tag, items=[
+            reward_pb2.RewardItem(prompt=p, completion=c, reference=a) for p, c, a in _items(n)])
+
+    async with make_channel(f"127.0.0.1:{port}") as channel:
+        stub = reward_pb2_grpc.RewardServiceStub(channel)
+        for i in range(5):  # warm up: connection, worker imports
+            await stub.Score(request(batch, f"{name}-warm-{i}"))
+        wall, cpu = time.perf_counter(), tree_cpu_seconds(server_pid)
+        done = 0
+        for i in range(calls):
+            reply = await stub.Score(request(batch, f"{name}-b-{i}"))
+            done += len(reply.results)
+        wall, cpu = time.perf_counter() - wall, tree_cpu_seconds(server_pid) - cpu
+        latencies = []
+        for i in range(calls):
+            start = time.perf_counter()
+            await stub.Score(request(8, f"{name}-g-{i}"))
+            latencies.append(time.perf_counter() - start)
+    q = statistics.quantiles(latencies, n=100)
+    return {"items_per_s": done / wall, "items_per_cpu_s": done / max(cpu, 1e-9),
+            "p50_ms": q[49] * 1000, "p99_ms": q[98] * 1000}
+
+
+def start_server(workers: int, reward: str) -> tuple[subprocess.Popen, int]:
+    from rlfleet.health import check
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+    from tests.conftest import free_port
+
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "reward_server", "--server.host", "127.0.0.1",
+                             "--server.port", str(port), "--workers", str(workers), "--log-level", "WARNING",
+                             "--reward", f"{reward}:1"])
+    deadline = time.monotonic() + 120
+    while not check(f"127.0.0.1:{port}", timeout=1):
+        if time.monotonic() > deadline or proc.poll() is not None:
+            proc.kill()
+            raise SystemExit("reward server did not become SERVING")
+        time.sleep(0.2)
+    return proc, port
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--calls", type=int, default=100, help="Score calls per measurement (math: a fifth)")
+    args = parser.parse_args()
+    print(f"reward server: {args.workers} workers; throughput at batch 64, latency per Score call of 8 items")
+    for name, calls in (("think_answer_format", args.calls), ("math_answer", max(args.calls // 5, 10))):
+        local, local_cpu = in_process(name, _items(64 * calls))
+        print(f"{name:20s} in-process: {local:9.0f} items/s {local_cpu:9.0f} items/CPU-s")
+        proc, port = start_server(args.workers, name)
+        try:
+            stats = asyncio.run(through_grpc(port, proc.pid, name, calls, 64))
+        finally:
+            proc.terminate()
+            proc.wait(30)
+        print(f"{name:20s} via gRPC:   {stats['items_per_s']:9.0f} items/s {stats['items_per_cpu_s']:9.0f} items/CPU-s "
+              f"p50 {stats['p50_ms']:.2f} ms  p99 {stats['p99_ms']:.2f} ms")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
