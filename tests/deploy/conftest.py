@@ -1,0 +1,64 @@
+"""Deploy-test fixtures: a real reference service on loopback (tiny model) whose /metrics the tests read."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import urllib.request
+from dataclasses import dataclass
+
+import pytest
+
+
+@dataclass(frozen=True)
+class RunningService:
+    """A service running in a background thread of this process."""
+
+    grpc_port: int
+    metrics_port: int
+
+    def metrics_text(self) -> str:
+        url = f"http://127.0.0.1:{self.metrics_port}/metrics"
+        return urllib.request.urlopen(url, timeout=5).read().decode()
+
+
+@pytest.fixture(scope="session")
+def running_reference(tiny_model_dir):
+    """The real reference server (config parsed from compose/cluster.cpu.toml, ports moved to loopback),
+    after one LogProbs call so that every metric it exports has samples."""
+    from reference.config import ReferenceConfig
+    from reference.server import start_reference_server
+    from rlfleet.client import make_channel
+    from rlfleet.config import load_config
+    from rlfleet.v1 import reference_pb2, reference_pb2_grpc
+    from tests.deploy.cluster import COMPOSE
+
+    config = load_config(ReferenceConfig, [
+        "--config", str(COMPOSE / "cluster.cpu.toml"), "--model", tiny_model_dir,
+        "--server.host", "127.0.0.1", "--server.port", "0", "--server.metrics-port", "0"], environ={})
+    loop = asyncio.new_event_loop()
+    started: dict = {}
+    ready = threading.Event()
+
+    async def start():
+        server = await start_reference_server(config)
+        async with make_channel(f"127.0.0.1:{server.port}") as channel:
+            await reference_pb2_grpc.ReferenceServiceStub(channel).LogProbs(reference_pb2.LogProbsRequest(
+                sequences=[reference_pb2.TokenSequence(token_ids=[1, 2, 3, 4], prompt_length=2)]), timeout=60)
+        started["server"] = server
+
+    def run():
+        try:
+            loop.run_until_complete(start())
+        finally:
+            ready.set()
+        loop.run_forever()
+
+    thread = threading.Thread(target=run, name="reference-server", daemon=True)
+    thread.start()
+    assert ready.wait(120) and "server" in started, "the reference server did not start"
+    server = started["server"]
+    yield RunningService(server.port, server.metrics_port)
+    asyncio.run_coroutine_threadsafe(server.stop(0), loop).result(30)
+    loop.call_soon_threadsafe(loop.stop)
+    thread.join(10)
