@@ -115,7 +115,7 @@ def start_server(workers: int, reward: str) -> tuple[subprocess.Popen, int]:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--workers", type=int, default=2)
-    parser.add_argument("--calls", type=int, default=100, help="Score calls per measurement (math: a fifth)")
+    parser.add_argument("--calls", type=int, default=300, help="Score calls per measurement (math: a fifth)")
     args = parser.parse_args()
     print(f"reward server: {args.workers} workers; throughput at batch 64, latency per Score call of 8 items")
     for name, calls in (("think_answer_format", args.calls), ("math_answer", max(args.calls // 5, 10))):

@@ -30,7 +30,7 @@ class LimitsConfig(ConfigModel):
     processes: int | None = Field(256, ge=1)
     """RLIMIT_NPROC: processes of the service's user; not enforced for root (run the service as a normal user)."""
     cpu_seconds_per_item: float | None = Field(60.0, gt=0)
-    """RLIMIT_CPU budget per item (a batch call gets it times its size); a worker past it dies with SIGXCPU."""
+    """RLIMIT_CPU budget per item (a call on n items gets n times it); a worker past it dies with SIGXCPU (ERROR)."""
 
 
 class RewardConfig(ServiceConfig):

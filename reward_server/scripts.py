@@ -134,6 +134,8 @@ def script_version(source: ScriptSource | None, weights: Sequence[tuple[str, flo
 
 def check_value(value: Any) -> Outcome:
     """One returned value -> OK (a finite float or None) or INVALID_OUTPUT saying what was wrong."""
+    if type(value) is float and math.isfinite(value):  # the common case, without the ABC check below
+        return Outcome(Status.OK, value)
     if value is None:
         return Outcome(Status.OK, None)
     if isinstance(value, numbers.Real):  # bool included: TRL scripts often return True/False

@@ -75,3 +75,22 @@ def test_sandbox_kills_grandchildren_and_blocks_network():
     if network_isolation():
         net = run_python("import socket; socket.create_connection(('1.1.1.1', 53), timeout=2)")
         assert net.exit_code == 1 and "unreachable" in net.stderr
+
+
+def test_docstring_examples_run():
+    import doctest
+    import importlib
+    import importlib.util
+    from pathlib import Path
+
+    modules = [importlib.import_module(f"reward_server.builtins.{name}")
+               for name in ("exact_match", "format_check", "math_answer", "code_tests", "length")]
+    root = Path(__file__).resolve().parents[3] / "examples" / "rewards"
+    for path in sorted(root.glob("*.py")):
+        spec = importlib.util.spec_from_file_location(f"example_{path.stem}", path)
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        modules.append(module)
+    for module in modules:
+        result = doctest.testmod(module)
+        assert result.attempted >= 1 and result.failed == 0, module.__name__
