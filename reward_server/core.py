@@ -14,6 +14,7 @@ import logging
 import math
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 from reward_server import metrics
 from reward_server.config import RewardConfig
@@ -48,6 +49,14 @@ def combine(specs: Sequence[RewardSpec], outcomes: dict[str, list[Outcome]], n: 
     return scores
 
 
+@dataclass
+class _Shared:
+    """Scoring work for one request_id and how many calls (the first and its retries) wait for it."""
+
+    task: asyncio.Task
+    waiters: int = 0
+
+
 class RewardCore:
     """Reward functions in a worker pool, an optional reward model, idempotency and admission control."""
 
@@ -62,7 +71,7 @@ class RewardCore:
         self.ready = False
         """True once workers started and the model loaded; set by the server before it reports SERVING."""
         self._done: collections.OrderedDict[str, list[ItemScore]] = collections.OrderedDict()
-        self._running: dict[str, asyncio.Future] = {}
+        self._running: dict[str, _Shared] = {}
         self._window = metrics.WindowMean(config.metrics_window)
 
     def start_workers(self) -> None:
@@ -98,26 +107,36 @@ class RewardCore:
         self.version = script_version(self.script, weights, self.model.model_id)
 
     async def score(self, request_id: str, items: list[RewardItem]) -> list[ItemScore]:
-        """Scores of `items` in order; the first answer for a request_id is reused by its retries."""
+        """Scores of `items` in order; the first answer for a request_id is reused by its retries.
+
+        A retry that arrives while the first call still runs waits for the same work. The work is
+        abandoned (queued chunks dropped, busy workers killed) once every caller waiting on it gave up.
+        """
         if not self.ready:
             raise NotReady("reward server is still starting (importing the script / loading the model)")
         if request_id in self._done:
             metrics.DUPLICATE_REQUESTS.inc()
             return self._done[request_id]
-        if request_id in self._running:
+        shared = self._running.get(request_id)
+        if shared is not None:
             metrics.DUPLICATE_REQUESTS.inc()
-            return await asyncio.shield(self._running[request_id])
-        if self.pool.pending_items + len(items) > self.config.max_queued_items:
-            metrics.REJECTED_ITEMS.inc(len(items))
-            raise Overloaded(f"{self.pool.pending_items} items queued; at most {self.config.max_queued_items} "
-                             f"(max_queued_items) may wait; retry later")
-        task = asyncio.ensure_future(self._score(items))
-        if request_id:
-            self._running[request_id] = task
+        else:
+            if self.pool.pending_items + len(items) > self.config.max_queued_items:
+                metrics.REJECTED_ITEMS.inc(len(items))
+                raise Overloaded(f"{self.pool.pending_items} items queued; at most {self.config.max_queued_items} "
+                                 f"(max_queued_items) may wait; retry later")
+            shared = _Shared(asyncio.ensure_future(self._score(items)))
+            if request_id:
+                self._running[request_id] = shared
+        shared.waiters += 1
         try:
-            scores = await task
+            scores = await asyncio.shield(shared.task)
         finally:
-            self._running.pop(request_id, None)
+            shared.waiters -= 1
+            if shared.waiters == 0 and not shared.task.done():
+                shared.task.cancel()
+            if shared.task.done() or shared.waiters == 0:
+                self._running.pop(request_id, None)
         if request_id and self.config.dedupe_cache_size:
             self._done[request_id] = scores
             while len(self._done) > self.config.dedupe_cache_size:

@@ -215,6 +215,8 @@ class WorkerPool:
 
     def _call(self, holder: list[_Worker], task: _Task, items: list[RewardItem]) -> _Call:
         """One round trip: send the items, wait for the answer, a death, a stall or the caller's cancel."""
+        if not holder[0].process.is_alive():  # died while idle (e.g. the kernel's OOM killer)
+            self._replace(holder, "crash")
         worker = holder[0]
         worker.progress.value = 0
         worker.conn.send((task.function, items))

@@ -144,6 +144,13 @@ def test_hostile_items_cost_one_item_each(tmp_path):
     assert len(pids) == 21 and all(_dead(p) for p in pids)  # 20 fork-bomb children + the pipe holder
     restarts = {dict(k[1]).get("reason"): v for k, v in scraped.items() if k[0] == "rlfleet_reward_worker_restarts_total"}
     assert restarts.get("timeout", 0) >= 3 and restarts.get("crash", 0) >= 3
+    scored = {dict(k[1])["status"]: v for k, v in scraped.items()
+              if k[0] == "rlfleet_reward_items_scored_total" and dict(k[1]).get("reward") == "hostile"}
+    assert scored["TIMEOUT"] >= 3 and scored["OK"] >= 3 and scored["INVALID_OUTPUT"] >= 2
+    assert scraped[("rlfleet_reward_queue_items", ())] == 0
+    assert ("rlfleet_reward_component_mean", (("reward", "hostile"),)) in scraped
+    assert any(k[0] == "rlfleet_reward_score_duration_seconds_count" and dict(k[1])["reward"] == "hostile"
+               for k in scraped)
 
 
 BATCH = '''
@@ -237,6 +244,30 @@ def test_retried_request_id_is_scored_once(tmp_path):
     first, second, third = asyncio.run(run())
     assert first == second == third
     assert log.read_text().count("x") == 2  # two items, scored once in total
+
+
+def test_retry_after_the_first_call_gave_up_shares_the_work(tmp_path):
+    script = tmp_path / "slow.py"
+    log = tmp_path / "calls.log"
+    script.write_text(f"import time\ndef slow(prompt, completion, **c):\n"
+                      f"    open({str(log)!r}, 'a').write('x')\n    time.sleep(1.5)\n    return 1.0\n")
+
+    async def run():
+        server, core = await _serve(_config(script, workers=1))
+        async with make_channel(f"127.0.0.1:{server.port}", ClientConfig(max_attempts=1)) as channel:
+            stub = reward_pb2_grpc.RewardServiceStub(channel)
+            request = reward_pb2.ScoreRequest(request_id="r-2", items=[_item("a")])
+            impatient = asyncio.ensure_future(stub.Score(request, timeout=1))
+            await asyncio.sleep(0.5)
+            patient = await stub.Score(request, timeout=10)  # joins the running work before the first gives up
+            with pytest.raises(grpc.aio.AioRpcError) as err:
+                await impatient
+        await _stop(server, core)
+        return err.value.code(), patient
+
+    code, patient = asyncio.run(run())
+    assert code == grpc.StatusCode.DEADLINE_EXCEEDED
+    assert patient.results[0].reward == 1.0 and log.read_text() == "x"  # scored once
 
 
 def test_overload_answers_resource_exhausted_quickly(tmp_path):
