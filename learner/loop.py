@@ -1,0 +1,198 @@
+"""The learner's loop: collect_rollouts -> train_step -> push_weights -> checkpoint, until max_steps or SIGTERM.
+
+    source = make_source(config, trainer)
+    loop = TrainingLoop(config, trainer, source, AdapterPusher(config.push, config.client))
+    state = await loop.run()
+
+Torch work runs in a worker thread (`asyncio.to_thread`), so the event loop keeps serving
+PushRollouts / GetPolicy / GetStatus during a step. Each step appends one flat JSON record to
+RUN_DIR/metrics.jsonl and is handed to every `on_step` callback (evaluation, progress bars).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from learner import metrics
+from learner.checkpoint import TrainingState, latest_checkpoint, load_checkpoint, save_checkpoint
+from learner.config import LearnerConfig
+from learner.push import AdapterPusher, serialise_adapter
+from learner.sources import RolloutSource
+from learner.trainer import Trainer
+from rlfleet.adapters import AdapterPayload, adapter_from_dir, write_adapter_dir
+from rlfleet.rollouts import Batch
+
+log = logging.getLogger(__name__)
+
+StepCallback = Callable[[dict[str, float]], None]
+
+
+def make_source(config: LearnerConfig, trainer: Trainer | None = None) -> RolloutSource:
+    """The rollout source the config names: the PushRollouts queue, or the in-learner pipeline."""
+    if config.source.type == "push":
+        from learner.queue_source import QueueSource
+
+        return QueueSource(config.source.max_queued_batches, config.source.remembered_batch_ids)
+    from learner.pipeline import make_pipeline_source
+
+    return make_pipeline_source(config, trainer)
+
+
+@dataclass
+class LearnerState:
+    """What GetStatus and GetPolicy read while the loop runs."""
+
+    step: int = 0
+    policy_version: int = 0
+    state: str = "starting"
+    last_staleness: int = 0
+    adapter: AdapterPayload | None = None
+    error: str = ""
+    pushes: list[asyncio.Task] = field(default_factory=list)
+
+
+class TrainingLoop:
+    """Drives a Trainer from a RolloutSource; see the module docstring."""
+
+    def __init__(self, config: LearnerConfig, trainer: Trainer, source: RolloutSource, pusher: AdapterPusher,
+                 on_step: list[StepCallback] | None = None):
+        self.config = config
+        self.trainer = trainer
+        self.source = source
+        self.pusher = pusher
+        self.on_step = list(on_step or [])
+        self.status = LearnerState()
+        self.run_dir = Path(config.run_dir)
+        self._stop = asyncio.Event()
+        self._last_checkpoint = 0
+
+    def request_stop(self) -> None:
+        """Finishes the current step, checkpoints and returns (SIGTERM)."""
+        self._stop.set()
+
+    async def run(self) -> LearnerState:
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        try:
+            if self.config.checkpoint.resume:
+                await asyncio.to_thread(self.resume)
+            await self.source.start()
+            self.source.set_policy_version(self.status.policy_version)
+            while self.status.step < self.config.max_steps and not self._stop.is_set():
+                await self.iteration()
+            await self.finish()
+        except BaseException as err:
+            self.status.state = "failed"
+            self.status.error = repr(err)
+            raise
+        finally:
+            await self.source.close()
+        return self.status
+
+    async def iteration(self) -> None:
+        """One step: collect_rollouts -> train_step -> push_weights -> (checkpoint)."""
+        start = time.perf_counter()
+        batch = await self.collect_rollouts()
+        if batch is None:
+            return
+        wait = time.perf_counter() - start
+        self.status.state = "training"
+        trained_from = self.status.policy_version
+        result = await asyncio.to_thread(self.trainer.train_step, batch, trained_from)
+        metrics.DROPPED_GROUPS.inc(result.dropped_groups)
+        if result.updates == 0:
+            log.info("batch %s: every group dropped by dynamic sampling; no update", batch.batch_id)
+            return
+        self.status.step += 1
+        self.status.policy_version = self.status.step
+        self.status.last_staleness = int(result.metrics["staleness_max"])
+        push_start = time.perf_counter()
+        await self.push_weights()
+        push = time.perf_counter() - push_start
+        self.source.set_policy_version(self.status.policy_version)
+        train = result.metrics.get("forward_backward_seconds", 0.0) + result.metrics.get("optimizer_seconds", 0.0)
+        record = {**result.metrics, "wait_seconds": wait, "push_seconds": push,
+                  "step_seconds": time.perf_counter() - start, "optimizer_updates": float(result.updates),
+                  "trained_tokens": float(result.trained_tokens),
+                  "tokens_per_second": result.trained_tokens / train if train > 0 else 0.0}
+        self.log_step(record)
+        if self.status.step - self._last_checkpoint >= self.config.checkpoint.every_steps:
+            await asyncio.to_thread(self.checkpoint)
+
+    async def collect_rollouts(self) -> Batch | None:
+        """The next batch, or None when a stop was requested while waiting."""
+        self.status.state = "waiting_for_rollouts"
+        fetch = asyncio.ensure_future(self.source.next_batch())
+        stop = asyncio.ensure_future(self._stop.wait())
+        done, _ = await asyncio.wait([fetch, stop], return_when=asyncio.FIRST_COMPLETED)
+        stop.cancel()
+        if fetch in done:
+            return fetch.result()
+        fetch.cancel()
+        return None
+
+    async def push_weights(self, force: bool = False) -> None:
+        """Serialises the adapter once for this version; pushes it in the background when due."""
+        self.status.state = "pushing"
+        config_json, tensors = await asyncio.to_thread(self.trainer.engine.adapter_state)
+        self.status.adapter = serialise_adapter(config_json, tensors, self.status.policy_version,
+                                                self.trainer.engine.base_model_id)
+        metrics.POLICY_VERSION.set(self.status.policy_version)
+        due = force or self.status.step % self.config.push.push_every_steps == 0
+        if due and self.config.push.generators:
+            task = asyncio.ensure_future(self.pusher.push(self.status.adapter))
+            self.status.pushes = [t for t in self.status.pushes if not t.done()] + [task]
+
+    def log_step(self, values: dict[str, float]) -> None:
+        """Appends the step's flat record to metrics.jsonl, sets Prometheus gauges, calls on_step."""
+        record = {"step": self.status.step, "policy_version": self.status.policy_version, "time": time.time(),
+                  **{k: float(v) for k, v in values.items()}}
+        with open(self.run_dir / "metrics.jsonl", "a") as f:
+            f.write(json.dumps(record) + "\n")
+        metrics.STEPS.inc()
+        metrics.UPDATES.inc(values.get("optimizer_updates", 0))
+        metrics.TRAINED_TOKENS.inc(values.get("trained_tokens", 0))
+        metrics.record_step(record)
+        for callback in self.on_step:
+            callback(record)
+
+    def checkpoint(self) -> Path | None:
+        """Writes a checkpoint of the current step (blocking; call from a worker thread)."""
+        if self.status.adapter is None:
+            return None
+        state = TrainingState(self.status.step, self.status.policy_version, self.source.state_dict())
+        path = save_checkpoint(self.run_dir, self.trainer.engine, state, self.status.adapter,
+                               self.trainer.shuffle, self.config.checkpoint.keep_last)
+        self._last_checkpoint = self.status.step
+        metrics.CHECKPOINTS.inc()
+        log.info("checkpoint %s", path)
+        return path
+
+    def resume(self) -> None:
+        """Restores the newest checkpoint of run_dir (blocking)."""
+        path = latest_checkpoint(self.run_dir)
+        if path is None:
+            raise FileNotFoundError(f"checkpoint.resume: no checkpoint under {self.run_dir / 'checkpoints'}")
+        state = load_checkpoint(path, self.trainer.engine, self.trainer.shuffle)
+        self.source.load_state_dict(state.source)
+        self.status.step = self._last_checkpoint = state.step
+        self.status.policy_version = state.policy_version
+        self.status.adapter = adapter_from_dir(path / "adapter", state.policy_version,
+                                               self.trainer.engine.base_model_id)
+        log.info("resumed from %s at step %d", path, state.step)
+
+    async def finish(self) -> None:
+        """Final checkpoint and adapter folder, last version pushed, pushes drained."""
+        if self.status.adapter is not None:
+            if self.status.step % self.config.push.push_every_steps != 0:
+                await self.push_weights(force=True)
+            if self.status.step != self._last_checkpoint:
+                await asyncio.to_thread(self.checkpoint)
+            await asyncio.to_thread(write_adapter_dir, self.status.adapter, self.run_dir / "adapter")
+        await self.pusher.drain(self.config.push.timeout_seconds)
+        self.status.state = "finished"

@@ -1,0 +1,133 @@
+"""Weight push: serialise the adapter once per version, stream it concurrently to every generator.
+
+A generator that fails or is slow neither blocks the others nor the training step: each push runs
+as its own task with a deadline; a generator whose previous push is still in flight skips a version
+and gets a newer one later (or fetches the newest itself through GetPolicy). Every push carries the
+version's `policy_version`, which only grows.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import socket
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+import safetensors.torch
+from torch import Tensor
+
+from learner import metrics
+from learner.config import PushSettings
+from rlfleet.adapters import AdapterPayload, to_chunks
+from rlfleet.client import make_channel
+from rlfleet.config import ClientConfig
+from rlfleet.v1 import generator_pb2_grpc
+
+log = logging.getLogger(__name__)
+
+
+def serialise_adapter(config_json: str, tensors: dict[str, Tensor], policy_version: int,
+                      base_model_id: str) -> AdapterPayload:
+    """The adapter as in-memory safetensors bytes (PEFT's tensor names) plus its PEFT config."""
+    weights = safetensors.torch.save(tensors, metadata={"format": "pt"})
+    return AdapterPayload(policy_version=policy_version, base_model_id=base_model_id, config_json=config_json,
+                          weights=weights)
+
+
+def _split_host_port(hostport: str) -> tuple[str, int]:
+    host, _, port = hostport.rpartition(":")
+    if not host or not port.isdigit():
+        raise ValueError(f"push.generators: {hostport!r} is not HOST:PORT")
+    return host.strip("[]"), int(port)
+
+
+def resolve_targets(targets: Iterable[str]) -> list[str]:
+    """Expands `dns:///name:port` into one `ip:port` per address the name resolves to; others pass through."""
+    out: list[str] = []
+    for target in targets:
+        if not target.startswith("dns:"):
+            out.append(target)
+            continue
+        host, port = _split_host_port(target.split("/")[-1])
+        try:
+            infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+        except socket.gaierror as err:
+            log.warning("push: cannot resolve %s: %s", target, err)
+            continue
+        for family, *_rest, address in infos:
+            ip = f"[{address[0]}]" if family == socket.AF_INET6 else address[0]
+            out.append(f"{ip}:{address[1]}")
+    return list(dict.fromkeys(out))
+
+
+@dataclass(frozen=True)
+class PushOutcome:
+    """How one push to one generator ended."""
+
+    target: str
+    policy_version: int
+    ok: bool
+    seconds: float
+    error: str = ""
+
+
+class AdapterPusher:
+    """Pushes adapter versions to every generator; remembers what each one acknowledged."""
+
+    def __init__(self, settings: PushSettings, client: ClientConfig):
+        self.settings = settings
+        self.client = client
+        self.acked: dict[str, int] = {}
+        self._inflight: dict[str, asyncio.Task] = {}
+        self._channels: dict[str, object] = {}
+
+    async def push(self, payload: AdapterPayload) -> list[PushOutcome]:
+        """Starts a push of `payload` to every generator not busy with an older push; waits for those."""
+        targets = await asyncio.to_thread(resolve_targets, self.settings.generators)
+        started = []
+        for target in targets:
+            if target in self._inflight and not self._inflight[target].done():
+                metrics.PUSHES.labels("skipped_busy").inc()
+                continue
+            task = asyncio.ensure_future(self._push_one(target, payload))
+            self._inflight[target] = task
+            started.append(task)
+        return list(await asyncio.gather(*started))
+
+    async def _push_one(self, target: str, payload: AdapterPayload) -> PushOutcome:
+        start = time.perf_counter()
+        try:
+            reply = await asyncio.wait_for(self._load_adapter(target, payload), self.settings.timeout_seconds)
+        except Exception as err:  # noqa: BLE001 - one generator's failure must not reach the others or training
+            metrics.PUSHES.labels("failed").inc()
+            log.warning("push of version %d to %s failed: %s", payload.policy_version, target, err)
+            return PushOutcome(target, payload.policy_version, False, time.perf_counter() - start, str(err))
+        self.acked[target] = max(self.acked.get(target, 0), int(reply.policy_version))
+        metrics.PUSHES.labels("ok").inc()
+        metrics.PUSH_BYTES.inc(len(payload.weights))
+        metrics.GENERATOR_VERSION.labels(target).set(self.acked[target])
+        seconds = time.perf_counter() - start
+        metrics.PUSH_SECONDS.observe(seconds)
+        return PushOutcome(target, payload.policy_version, True, seconds)
+
+    async def _load_adapter(self, target: str, payload: AdapterPayload):
+        if target not in self._channels:
+            self._channels[target] = make_channel(target, self.client)
+        stub = generator_pb2_grpc.GeneratorServiceStub(self._channels[target])
+        chunks = to_chunks(payload, self.settings.chunk_bytes)
+        return await stub.LoadAdapter(chunks, timeout=self.settings.timeout_seconds)
+
+    async def drain(self, timeout: float) -> None:
+        """Waits up to `timeout` seconds for pushes in flight (at shutdown)."""
+        pending = [t for t in self._inflight.values() if not t.done()]
+        if pending:
+            await asyncio.wait(pending, timeout=timeout)
+
+    async def close(self) -> None:
+        for task in self._inflight.values():
+            task.cancel()
+        for channel in self._channels.values():
+            await channel.close()
+        self._channels.clear()

@@ -1,0 +1,228 @@
+"""One training step on one rollout batch, as named steps: prepare -> reference -> advantages -> updates.
+
+    trainer = Trainer(config, PolicyEngine(config))
+    result = trainer.train_step(batch, policy_version=trainer_version)   # blocking torch work
+
+A step takes `epochs_per_batch x minibatches_per_batch` optimiser updates. Each update accumulates
+gradients over token-budget micro-batches whose losses are normalised by the whole mini-batch's
+token (and sequence) counts, so the accumulated gradient equals the gradient of the mini-batch loss.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import defaultdict
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor
+
+from learner.algos import (
+    AdvantageInput,
+    PolicyLossInput,
+    compute_advantages,
+    filter_uniform_groups,
+    kl_penalty,
+    overlong_mask,
+    policy_loss,
+)
+from learner.batching import PaddedBatch, micro_batches, minibatch_rows, pad_batch
+from learner.config import LearnerConfig
+from learner.engine import PolicyEngine
+from rlfleet.errors import InvalidRequest
+from rlfleet.rollouts import Batch
+
+
+@dataclass
+class StepResult:
+    """What one training step reports: flat float metrics (names become JSONL keys and metric names)."""
+
+    metrics: dict[str, float] = field(default_factory=dict)
+    updates: int = 0
+    trained_tokens: int = 0
+    dropped_groups: int = 0
+
+
+@dataclass
+class Prepared:
+    """A padded batch with everything an update needs."""
+
+    padded: PaddedBatch
+    advantages: Tensor         # [B, T]
+    old_logprobs: Tensor | None  # [B, T]; None when the single update uses its own detached log-probs
+
+
+class Trainer:
+    """Turns rollout batches into optimiser updates of the engine's adapter."""
+
+    def __init__(self, config: LearnerConfig, engine: PolicyEngine):
+        self.config = config
+        self.engine = engine
+        self.algo = config.algo
+        self.shuffle = torch.Generator().manual_seed(config.seed)
+
+    # -- the step ---------------------------------------------------------------------------------
+
+    def train_step(self, batch: Batch, policy_version: int) -> StepResult:
+        """Trains on `batch`; `policy_version` is the version being trained from (for staleness)."""
+        result = StepResult()
+        filtered = self.filter_groups(batch, result)
+        if filtered is None:
+            result.metrics.update(self.batch_stats(batch, None, policy_version))
+            return result
+        padded = pad_batch(filtered, self.engine.pad_id, self.engine.max_len)
+        if self.algo.dapo.overlong_filter:
+            padded.mask = overlong_mask(padded.truncated, padded.mask)  # [B, T]
+        timings: dict[str, float] = defaultdict(float)
+        start = time.perf_counter()
+        prepared = self.prepare(padded)
+        timings["reference_and_old_seconds"] = time.perf_counter() - start
+        advantages = prepared.advantages
+        totals: dict[str, float] = defaultdict(float)
+        for _epoch in range(self.config.epochs_per_batch):
+            for rows in minibatch_rows(padded.num_rows, self.config.minibatches_per_batch, self.shuffle):
+                for key, value in self.update(prepared, rows, timings).items():
+                    totals[key] += value
+                result.updates += 1
+        result.trained_tokens = int(padded.mask.sum())
+        result.metrics.update({k: v / max(result.updates, 1) for k, v in totals.items()})
+        result.metrics.update(timings)
+        result.metrics.update(self.batch_stats(filtered, padded, policy_version))
+        result.metrics["advantage_mean"], result.metrics["advantage_std"] = _masked_mean_std(advantages, padded.mask)
+        return result
+
+    # -- named steps ------------------------------------------------------------------------------
+
+    def filter_groups(self, batch: Batch, result: StepResult) -> Batch | None:
+        """DAPO dynamic sampling: drops groups whose rewards are all equal (None when none is left)."""
+        if not self.algo.dapo.dynamic_sampling:
+            return batch
+        rewards = torch.tensor([s.reward for g in batch.groups for s in g.samples])  # [B]
+        group_ids = torch.tensor([i for i, g in enumerate(batch.groups) for _ in g.samples])  # [B]
+        keep = filter_uniform_groups(rewards, group_ids)  # [B]
+        kept = [g for i, g in enumerate(batch.groups) if bool(keep[group_ids == i].all())]
+        result.dropped_groups = len(batch.groups) - len(kept)
+        return Batch(batch.batch_id, kept, batch.producer) if kept else None
+
+    def prepare(self, padded: PaddedBatch) -> Prepared:
+        """Reference log-probs, advantages and old log-probs of a padded batch."""
+        self.reference_logprobs(padded)
+        return Prepared(padded, self.advantages(padded), self.old_logprobs(padded))
+
+    def reference_logprobs(self, padded: PaddedBatch) -> None:
+        """Fills padded.ref_logprobs when the KL needs them: the adapter-disabled model, or an error in service mode."""
+        if not self.algo.needs_reference or padded.ref_logprobs is not None:
+            return
+        if self.config.reference == "service":
+            raise InvalidRequest("groups.samples.ref_logprobs",
+                                 "required when algo.kl.coef > 0 and reference = 'service'")
+        with self.engine.reference_mode():
+            padded.ref_logprobs = self._no_grad_logprobs(padded)
+
+    def advantages(self, padded: PaddedBatch) -> Tensor:
+        """Per-token advantages [B, T]: the producer's when every sample has them, else the estimator's."""
+        if padded.advantages is not None:
+            return padded.advantages * padded.mask
+        token_rewards = None
+        if self.algo.kl.mode == "reward" and self.algo.kl.coef > 0:
+            kl = kl_penalty(padded.behaviour_logprobs, padded.ref_logprobs, self.algo.kl.estimator)  # [B, T]
+            token_rewards = -self.algo.kl.coef * kl * padded.mask  # [B, T]
+        inp = AdvantageInput(rewards=padded.rewards, group_ids=padded.group_ids, mask=padded.mask,
+                             token_rewards=token_rewards)
+        return compute_advantages(inp, self.algo).advantages  # [B, T]
+
+    def old_logprobs(self, padded: PaddedBatch) -> Tensor | None:
+        """Log-probs of the policy before this step's updates; skipped when there is one update (ratio = 1)."""
+        if self.config.updates_per_batch == 1:
+            return None
+        return self._no_grad_logprobs(padded)
+
+    def update(self, prepared: Prepared, rows: Tensor, timings: dict[str, float]) -> dict[str, float]:
+        """One optimiser update on mini-batch `rows`: accumulate over micro-batches, then step."""
+        start = time.perf_counter()
+        sums = self.accumulate(prepared, rows)
+        middle = time.perf_counter()
+        info = self.engine.step()
+        timings["forward_backward_seconds"] += middle - start
+        timings["optimizer_seconds"] += time.perf_counter() - middle
+        sums.update(grad_norm=info.grad_norm, lr=info.lr)
+        return sums
+
+    def accumulate(self, prepared: Prepared, rows: Tensor) -> dict[str, float]:
+        """Forward/backward of mini-batch `rows` over token-budget micro-batches; summed loss stats."""
+        padded = prepared.padded
+        mask = padded.mask[rows]  # [R, T]
+        num_tokens = float(mask.sum())
+        num_sequences = float((mask.sum(-1) > 0).sum())
+        chunks = micro_batches(rows, padded.input_lengths, self.config.micro_batch_tokens)
+        sums: dict[str, float] = defaultdict(float)
+        for i, micro in enumerate(chunks):
+            stats = self._micro_step(prepared, micro, num_tokens, num_sequences, i == len(chunks) - 1)
+            for key, value in stats.items():
+                sums[key] += value
+        sums["micro_batches"] = float(len(chunks))
+        return sums
+
+    def _micro_step(self, prepared: Prepared, rows: Tensor, num_tokens: float, num_sequences: float,
+                    last: bool) -> dict[str, float]:
+        part = prepared.padded.select(rows)
+        width = part.targets.shape[1]
+        device = self.engine.device
+        logprobs, entropy = self.engine.logprobs(part.input_ids, part.attention_mask, part.positions, part.targets,
+                                                 part.mask > 0, return_entropy=True)  # [R, T]
+        old = prepared.old_logprobs[rows][:, :width].to(device) if prepared.old_logprobs is not None \
+            else logprobs.detach()  # [R, T]
+        ref = part.ref_logprobs.to(device) if part.ref_logprobs is not None else None
+        out = policy_loss(PolicyLossInput(
+            logprobs=logprobs, old_logprobs=old, behaviour_logprobs=part.behaviour_logprobs.to(device),
+            advantages=prepared.advantages[rows][:, :width].to(device), mask=part.mask.to(device),
+            ref_logprobs=ref, num_tokens=num_tokens, num_sequences=num_sequences, entropy=entropy), self.algo)
+        self.engine.backward(out.loss, is_last_micro_batch=last)
+        stats = {"loss": float(out.loss.detach())}
+        for name in ("pg_loss", "kl", "clip_frac_low", "clip_frac_high", "dual_clip_frac", "ratio_mean",
+                     "tis_weight_mean", "tis_clip_frac", "entropy"):
+            value = getattr(out.stats, name)
+            if value is not None:
+                stats[name] = float(value)
+        return stats
+
+    def _no_grad_logprobs(self, padded: PaddedBatch) -> Tensor:
+        """Log-probs [B, T] of every row under the current forward, in token-budget micro-batches."""
+        out = torch.zeros_like(padded.mask)  # [B, T]
+        rows = torch.arange(padded.num_rows)
+        with torch.no_grad():
+            for micro in micro_batches(rows, padded.input_lengths, self.config.micro_batch_tokens):
+                part = padded.select(micro)
+                valid = part.positions.new_ones(part.positions.shape, dtype=torch.bool)
+                valid &= torch.arange(part.targets.shape[1])[None, :] < part.completion_lengths[:, None]
+                lp, _ = self.engine.logprobs(part.input_ids, part.attention_mask, part.positions, part.targets, valid)
+                out[micro, :lp.shape[1]] = lp.cpu()
+        return out
+
+    # -- reporting --------------------------------------------------------------------------------
+
+    def batch_stats(self, batch: Batch, padded: PaddedBatch | None, policy_version: int) -> dict[str, float]:
+        """Reward (total and per component), response length and staleness of the rollouts consumed."""
+        samples = [s for g in batch.groups for s in g.samples]
+        rewards = torch.tensor([s.reward for s in samples], dtype=torch.float64)
+        lengths = torch.tensor([len(s.token_ids) for s in samples], dtype=torch.float64)
+        staleness = torch.tensor([policy_version - g.policy_version for g in batch.groups], dtype=torch.float64)
+        stats = {"reward_mean": float(rewards.mean()), "reward_std": float(rewards.std(correction=0)),
+                 "response_length_mean": float(lengths.mean()), "response_length_max": float(lengths.max()),
+                 "truncated_fraction": sum(s.truncated for s in samples) / len(samples),
+                 "staleness_mean": float(staleness.mean()), "staleness_max": float(staleness.max()),
+                 "samples": float(len(samples)), "groups": float(len(batch.groups))}
+        components: dict[str, list[float]] = defaultdict(list)
+        for sample in samples:
+            for name, value in sample.reward_components.items():
+                components[name].append(value)
+        for name, values in sorted(components.items()):
+            stats[f"reward_component_mean/{name}"] = sum(values) / len(values)
+        return stats
+
+
+def _masked_mean_std(values: Tensor, mask: Tensor) -> tuple[float, float]:
+    count = mask.sum().clamp(min=1)
+    mean = (values * mask).sum() / count
+    var = (((values - mean) * mask) ** 2).sum() / count
+    return float(mean), float(var.sqrt())
