@@ -124,3 +124,12 @@ def test_bad_inputs_name_the_argument(change, message):
     hidden, weight, targets, _ = _case(5, 16, 33, torch.float32, "cpu")
     with pytest.raises(ValueError, match=message):
         selective_logprobs(*change(hidden, weight, targets))
+
+
+def test_backward_keeps_only_hidden_weight_targets_and_lse():
+    # The point of the kernel: nothing [N, V] survives the forward for backward to use.
+    hidden, weight, targets, _ = _case(6, 16, 300, torch.float32, "cpu")
+    saved: list[tuple[int, ...]] = []
+    with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(tuple(t.shape)) or t, lambda t: t):
+        selective_logprobs(hidden.requires_grad_(), weight, targets, chunk_size=64, return_entropy=True)
+    assert sorted(saved) == sorted([(6, 16), (300, 16), (6,), (6,)])
