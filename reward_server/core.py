@@ -77,16 +77,15 @@ class RewardCore:
     def start_workers(self) -> None:
         """Starts the pool and resolves the configured reward names; raises ScriptError on any problem."""
         weights = self.config.weights()
-        if not weights and not (self.script is None and self.config.model):
-            functions = self.pool.start()
+        if self.script is None and not weights:  # a reward model alone: no worker needed
+            self.version = script_version(None, [])
+            return
+        functions = self.pool.start()
+        if not weights:  # every reward function of the script, weight 1
             weights = [(info.name, 1.0) for info in functions.values() if info.kind == "function"]
             if not weights:
                 raise ScriptError(f"{self.script.path}: no reward functions found (define f(prompts, completions, "
                                   "**columns) or f(prompt, completion, **columns))")
-        elif weights:
-            functions = self.pool.start()
-        else:
-            functions = {}
         for name, weight in weights:
             if name not in functions:
                 where = f"{self.script.path} or the built-ins" if self.script else "the built-ins"

@@ -43,6 +43,7 @@ def test_batches_respect_the_token_budget():
     assert model.batches([50]) == [[0]]  # longer than the budget: alone
 
 
+@pytest.mark.slow  # the fixture imports torch and builds the model (~15 s on 2 shared cores)
 def test_scores_do_not_depend_on_batch_composition(classifier_dir):
     model = RewardModel(classifier_dir, max_batch_tokens=4096)
     texts = ["short", "a much longer completion " * 6, "mid length text here", "x"]
@@ -54,6 +55,7 @@ def test_scores_do_not_depend_on_batch_composition(classifier_dir):
     assert len(set(round(a, 4) for a in alone)) == 4  # the scores differ: a constant would pass trivially
 
 
+@pytest.mark.slow
 def test_model_served_over_grpc_with_a_builtin(classifier_dir):
     config = RewardConfig(model=classifier_dir, model_weight=2.0, reward=["think_answer_format:1"],
                           server=ServerConfig(host="127.0.0.1", port=0))

@@ -300,7 +300,6 @@ def test_overload_answers_resource_exhausted_quickly(tmp_path):
     assert bad_json.details().startswith('items[0].columns["answer"]: value is not JSON')
 
 
-@pytest.mark.slow
 def test_health_is_fast_while_workers_are_busy_and_cancelled_work_is_abandoned(tmp_path):
     script = tmp_path / "hostile.py"
     script.write_text(HOSTILE)
