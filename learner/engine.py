@@ -25,18 +25,25 @@ from learner.config import LearnerConfig
 log = logging.getLogger(__name__)
 
 
+def plain_token_logprobs(hidden: Tensor, weight: Tensor, targets: Tensor, chunk_size: int,
+                         return_entropy: bool) -> tuple[Tensor, Tensor | None]:
+    """The unfused twin of `token_logprobs` (materialises [N, V] logits); kept as the test reference."""
+    logp = torch.log_softmax((hidden @ weight.t()).float(), dim=-1)  # [N, V]
+    picked = logp.gather(-1, targets[:, None]).squeeze(-1)  # [N]
+    entropy = -(logp.exp() * logp).sum(-1).detach() if return_entropy else None  # [N]
+    return picked, entropy
+
+
 def token_logprobs(hidden: Tensor, weight: Tensor, targets: Tensor, chunk_size: int,
                    return_entropy: bool) -> tuple[Tensor, Tensor | None]:
     """log p(target) [N] (and entropy [N], detached) from hidden states [N, H] and the LM head [V, H].
 
     The one place the learner turns hidden states into log-probs: the chunked kernel never holds
-    the [N, V] logits at once.
+    the [N, V] logits at once (Triton on CUDA, its PyTorch twin elsewhere; learner.kernels logs which).
     """
-    logits = (hidden @ weight.t()).float()  # [N, V]
-    logp = torch.log_softmax(logits, dim=-1)  # [N, V]
-    picked = logp.gather(-1, targets[:, None]).squeeze(-1)  # [N]
-    entropy = -(logp.exp() * logp).sum(-1).detach() if return_entropy else None  # [N]
-    return picked, entropy
+    from learner.kernels import selective_logprobs
+
+    return selective_logprobs(hidden, weight, targets, chunk_size=chunk_size, return_entropy=return_entropy)
 
 
 class Backbone(nn.Module):
