@@ -25,7 +25,9 @@ class ReferenceConfig(ServiceConfig):
     max_concurrent_batches: int = Field(1, ge=1, le=64)
     """Forward passes running at once across all requests; more only helps when one pass leaves the device idle."""
     head_chunk_tokens: int = Field(1024, ge=1)
-    """Completion positions per chunk of the vocabulary projection, bounding the float32 [chunk, vocab] logits."""
+    """Completion positions sent to the log-prob kernel at once (rows of its float32 [rows, chunk] logits)."""
+    logprob_chunk_size: int = Field(4096, ge=1)
+    """Vocabulary chunk of the selective log-prob kernel (learner/kernels), as the learner's option of that name."""
     device: str = "cpu"
     """torch device, e.g. "cpu" or "cuda:0"."""
     num_threads: int | None = Field(None, ge=1)

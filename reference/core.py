@@ -18,7 +18,6 @@ from dataclasses import dataclass
 import torch
 
 from reference import metrics
-from reference.head import selective_logprobs
 from reference.model import ReferenceModel
 from rlfleet.errors import InvalidRequest
 
@@ -103,8 +102,7 @@ def score_batch(model: ReferenceModel, batch: Sequence[TokenSequence], return_en
         # No attention mask: padding sits after every real token, so the causal mask already hides it.
         hidden = model.backbone(input_ids=ids, use_cache=False).last_hidden_state  # [B, T, H]
         rows, cols = rows.to(model.device), cols.to(model.device)
-        logprobs, entropy = selective_logprobs(hidden[rows, cols], model.head_weight, ids[rows, cols + 1],
-                                               model.head_chunk_tokens, return_entropy)  # [N], [N] | None
+        logprobs, entropy = model.head(hidden[rows, cols], ids[rows, cols + 1], return_entropy)  # [N], [N] | None
     logprobs = logprobs.cpu().split(completion.tolist())
     entropies = entropy.cpu().split(completion.tolist()) if entropy is not None else [None] * len(batch)
     return [SequenceResult(lp, ent) for lp, ent in zip(logprobs, entropies, strict=True)]

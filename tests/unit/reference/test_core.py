@@ -8,7 +8,6 @@ import pytest
 import torch
 
 from reference.core import TokenSequence, plan_batches, sequence_logprobs, validate_sequences
-from reference.head import selective_logprobs
 from reference.model import ReferenceModel
 from rlfleet.errors import InvalidRequest
 
@@ -26,31 +25,21 @@ def test_plan_batches_gives_an_over_budget_sequence_its_own_batch():
     assert plan_batches([], 16) == []
 
 
-def test_selective_logprobs_by_hand():
+def test_head_by_hand_across_row_and_vocabulary_chunks():
     # hidden [1, 0] against rows [1, 0], [0, 1], [0, 0] gives logits [1, 0, 0];
     # logsumexp = log(e + 2) = 1.551445; log p(0) = 1 - 1.551445 = -0.551445, log p(1) = -1.551445.
     # entropy = lse - sum p z = 1.551445 - e / (e + 2) = 1.551445 - 0.576117 = 0.975328.
-    hidden = torch.tensor([[1.0, 0.0], [1.0, 0.0]])  # [2, 2]
-    weight = torch.tensor([[1.0, 0.0], [0.0, 1.0], [0.0, 0.0]])  # [3, 2]
-    logprobs, entropy = selective_logprobs(hidden, weight, torch.tensor([0, 1]), chunk_size=1, return_entropy=True)
+    # One row per kernel call and 2 vocabulary rows per chunk: both chunkings are crossed.
+    weight = torch.tensor([[1.0, 0.0], [0.0, 1.0], [0.0, 0.0]])  # [V=3, H=2]
+    model = ReferenceModel(backbone=torch.nn.Identity(), head_weight=weight, vocab_size=3, max_model_len=8,
+                           dtype=torch.float32, device=torch.device("cpu"), head_chunk_tokens=1, logprob_chunk_size=2)
+    hidden = torch.tensor([[1.0, 0.0], [1.0, 0.0], [1.0, 0.0]])  # [N=3, H]
+    logprobs, entropy = model.head(hidden, torch.tensor([0, 1, 2]), return_entropy=True)
     lse = math.log(math.e + 2)
-    assert logprobs.tolist() == pytest.approx([1 - lse, -lse], abs=1e-6)
-    assert entropy.tolist() == pytest.approx([lse - math.e / (math.e + 2)] * 2, abs=1e-6)
-
-
-def test_selective_logprobs_matches_float64_across_chunk_boundaries():
-    g = torch.Generator().manual_seed(0)
-    hidden = torch.randn(37, 13, generator=g)  # [N, H], odd sizes: 37 = 3 chunks of 16 with a remainder
-    weight = torch.randn(101, 13, generator=g)  # [V, H]
-    targets = torch.randint(0, 101, (37,), generator=g)
-    full = (hidden.double() @ weight.double().T).log_softmax(-1)  # [N, V]
-    expected_lp = full.gather(1, targets[:, None]).squeeze(1)
-    expected_ent = -(full.exp() * full).sum(-1)
-    for chunk in (1, 16, 37, 1000):
-        logprobs, entropy = selective_logprobs(hidden, weight, targets, chunk, return_entropy=True)
-        assert torch.allclose(logprobs.double(), expected_lp, atol=1e-5)
-        assert torch.allclose(entropy.double(), expected_ent, atol=1e-5)
-    assert selective_logprobs(hidden, weight, targets, 16)[1] is None
+    assert logprobs.tolist() == pytest.approx([1 - lse, -lse, -lse], abs=1e-6)
+    assert entropy.tolist() == pytest.approx([lse - math.e / (math.e + 2)] * 3, abs=1e-6)
+    empty, no_entropy = model.head(hidden[:0], torch.tensor([], dtype=torch.long))
+    assert empty.shape == (0,) and no_entropy is None
 
 
 @pytest.mark.parametrize(("sequence", "field", "words"), [
