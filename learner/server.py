@@ -1,0 +1,68 @@
+"""Learner server wiring: LearnerService on GrpcServer, the training loop beside it, SIGTERM -> checkpoint -> exit."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+
+from learner.config import LearnerConfig
+from learner.engine import PolicyEngine
+from learner.loop import TrainingLoop, make_source
+from learner.push import AdapterPusher
+from learner.queue_source import QueueSource
+from learner.servicer import LearnerServicer
+from learner.trainer import Trainer
+from rlfleet.server import GrpcServer
+from rlfleet.v1 import learner_pb2_grpc
+
+log = logging.getLogger(__name__)
+SERVICE = "rlfleet.v1.LearnerService"
+
+
+class LearnerServer:
+    """Serves LearnerService while the loop trains; `run` returns when training ends or on SIGTERM."""
+
+    def __init__(self, config: LearnerConfig):
+        self.config = config
+        self.grpc = GrpcServer(config.server, name="learner")
+        self.pusher = AdapterPusher(config.push, config.client)
+        self.loop: TrainingLoop | None = None
+
+    async def start(self) -> int:
+        """Binds the port (health NOT_SERVING), builds the engine in a worker thread, then SERVING."""
+        port = await self.grpc.start([SERVICE])
+        engine = await asyncio.to_thread(PolicyEngine, self.config)
+        trainer = Trainer(self.config, engine)
+        source = make_source(self.config, trainer)
+        self.loop = TrainingLoop(self.config, trainer, source, self.pusher)
+        queue = source if isinstance(source, QueueSource) else None
+        servicer = LearnerServicer(self.loop.status, self.pusher, queue, self.config.push.chunk_bytes)
+        learner_pb2_grpc.add_LearnerServiceServicer_to_server(servicer, self.grpc.grpc)
+        await self.grpc.set_serving()
+        return port
+
+    async def run(self) -> int:
+        """Trains until max_steps (exit 0) or SIGTERM/SIGINT (checkpoint, exit 0); a failure exits 1."""
+        assert self.loop is not None, "call start() first"
+        events = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            events.add_signal_handler(sig, self.loop.request_stop)
+        try:
+            state = await self.loop.run()
+            log.info("training %s at step %d (policy version %d)", state.state, state.step, state.policy_version)
+            return 0
+        except Exception:
+            log.exception("training failed")
+            return 1
+        finally:
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                events.remove_signal_handler(sig)
+            await self.pusher.close()
+            await self.grpc.stop()
+
+
+async def serve(config: LearnerConfig) -> int:
+    server = LearnerServer(config)
+    await server.start()
+    return await server.run()

@@ -1,0 +1,42 @@
+"""The PushRollouts queue: bounded, idempotent by batch_id, resumable cursor."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from learner.queue_source import QueueSource
+from rlfleet.errors import Overloaded
+from tests.unit.learner.rollout_fixtures import fixed_batch
+
+
+def test_full_queue_refuses_and_keeps_what_it_accepted():
+    queue = QueueSource(max_queued=2)
+    assert queue.offer(fixed_batch("a")) and queue.offer(fixed_batch("b"))
+    with pytest.raises(Overloaded):
+        queue.offer(fixed_batch("c"))
+    assert queue.depth == 2
+    first = asyncio.run(queue.next_batch())
+    assert first.batch_id == "a"
+    assert queue.offer(fixed_batch("c"))  # refused earlier, so not remembered: the re-send is accepted
+
+
+def test_duplicate_batch_ids_are_ignored_and_counted():
+    queue = QueueSource(max_queued=4)
+    assert queue.offer(fixed_batch("a"))
+    assert not queue.offer(fixed_batch("a"))
+    assert (queue.accepted, queue.duplicates, queue.depth) == (1, 1, 1)
+
+
+def test_state_remembers_consumed_ids_only():
+    queue = QueueSource(max_queued=4)
+    queue.offer(fixed_batch("a"))
+    queue.offer(fixed_batch("b"))
+    asyncio.run(queue.next_batch())  # "a" trained on; "b" still queued when the checkpoint is taken
+    state = queue.state_dict()
+    restored = QueueSource(max_queued=4)
+    restored.load_state_dict(state)
+    assert restored.consumed == 1
+    assert not restored.offer(fixed_batch("a"))  # already trained on before the restart
+    assert restored.offer(fixed_batch("b"))  # was only queued: its producer's re-send must be trained on
