@@ -1,0 +1,26 @@
+"""Reward script of the demo's `reverse` task, mounted into the reward service from ./rewards.
+
+A TRL-style reward file (batch form): each function gets the prompts, the completions and the
+dataset's columns as keyword arguments and returns one float per completion. Drop your own file
+next to it and name it in cluster.toml (`[reward] script = "/rewards/yours.py"`).
+
+>>> accuracy(["reverse:abc"], ["cba"], answer=["cba"])
+[1.0]
+>>> similarity(["reverse:abcd"], ["dcab"], answer=["dcba"])
+[0.5]
+"""
+
+
+def accuracy(prompts: list[str], completions: list[str], answer: list[str], **columns) -> list[float]:
+    """1.0 when the stripped completion equals the answer exactly, else 0.0."""
+    return [1.0 if c.strip() == a else 0.0 for c, a in zip(completions, answer, strict=True)]
+
+
+def similarity(prompts: list[str], completions: list[str], answer: list[str], **columns) -> list[float]:
+    """Fraction of positions where completion and answer agree, over the longer of the two (0 for empty output)."""
+    scores = []
+    for completion, gold in zip(completions, answer, strict=True):
+        text = completion.strip()
+        longest = max(len(text), len(gold))
+        scores.append(sum(x == y for x, y in zip(text, gold, strict=False)) / longest if text and longest else 0.0)
+    return scores
