@@ -3,11 +3,17 @@
 from __future__ import annotations
 
 import asyncio
+import json
+import subprocess
+import sys
 import threading
+import time
 import urllib.request
 from dataclasses import dataclass
 
 import pytest
+
+from tests.conftest import free_port
 
 
 @dataclass(frozen=True)
@@ -62,3 +68,39 @@ def running_reference(tiny_model_dir):
     asyncio.run_coroutine_threadsafe(server.stop(0), loop).result(30)
     loop.call_soon_threadsafe(loop.stop)
     thread.join(10)
+
+
+@pytest.fixture(scope="session")
+def running_reward(tmp_path_factory):
+    """The reward service as compose runs it (`rlfleet reward-server --config cluster.cpu.toml`, the demo
+    script), on loopback ports in a subprocess, after one Score call so its labelled metrics have samples."""
+    pytest.importorskip("reward_server.config", reason="the reward server is not in this checkout yet")
+    import grpc
+
+    from rlfleet.health import check
+    from rlfleet.v1 import reward_pb2, reward_pb2_grpc
+    from tests.deploy.cluster import COMPOSE, ROOT
+
+    grpc_port, metrics_port = free_port(), free_port()
+    log_path = tmp_path_factory.mktemp("reward") / "reward.log"
+    log = open(log_path, "wb")  # a file, not a pipe nobody reads, which could fill and block the child
+    process = subprocess.Popen(
+        [sys.executable, "-m", "rlfleet.cli", "reward-server", "--config", str(COMPOSE / "cluster.cpu.toml"),
+         "--script", str(COMPOSE / "rewards" / "reverse.py"), "--server.host", "127.0.0.1",
+         "--server.port", str(grpc_port), "--server.metrics-port", str(metrics_port)],
+        cwd=ROOT, stdout=log, stderr=log, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 60
+        while not check(f"127.0.0.1:{grpc_port}", timeout=1):
+            assert process.poll() is None and time.monotonic() < deadline, log_path.read_text()[-2000:]
+            time.sleep(0.3)
+        with grpc.insecure_channel(f"127.0.0.1:{grpc_port}") as channel:
+            reply = reward_pb2_grpc.RewardServiceStub(channel).Score(reward_pb2.ScoreRequest(
+                request_id="deploy-test", items=[reward_pb2.RewardItem(
+                    prompt="reverse:abc", completion="cba", columns={"answer": json.dumps("cba")})]), timeout=60)
+        assert reply.results[0].reward == pytest.approx(1.5)  # accuracy 1 x 1.0 + similarity 1 x 0.5
+        yield RunningService(grpc_port, metrics_port)
+    finally:
+        process.terminate()
+        process.wait(30)
+        log.close()

@@ -120,11 +120,17 @@ def test_dashboard_has_the_panels_the_issue_asks_for():
 
 
 @pytest.mark.parametrize("prefix", sorted(METRIC_MODULES))
-def test_queried_metrics_are_exported_by_their_service(prefix, running_reference):
-    # The reference (and the shared rlfleet_grpc_* / rlfleet_service_ready metrics) are read from a
-    # running server; the other services from the metrics modules their servers export.
+def test_queried_metrics_are_exported_by_their_service(prefix, request, running_reference):
+    # The reference and the reward service (and the shared rlfleet_grpc_* / rlfleet_service_ready
+    # metrics) are read from running servers; generator and learner, too costly to start here (vLLM,
+    # DeepSpeed), from the metrics modules their servers export.
     live = _live_exports(running_reference.metrics_text())
-    exports = live if prefix == "rlfleet_reference_" else _module_exports(METRIC_MODULES[prefix])
+    if prefix == "rlfleet_reference_":
+        exports = live
+    elif prefix == "rlfleet_reward_":
+        exports = _live_exports(request.getfixturevalue("running_reward").metrics_text())
+    else:
+        exports = _module_exports(METRIC_MODULES[prefix])
     shared = {n: labels for n, labels in live.items() if n.startswith(("rlfleet_grpc_", "rlfleet_service_"))}
     queried = [(n, labels, where) for n, labels, where in _queried_selectors() if n.startswith(prefix)]
     assert queried, f"nothing queries {prefix}*"

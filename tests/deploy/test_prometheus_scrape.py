@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import shutil
 import subprocess
-import sys
 import time
 import urllib.request
 
@@ -13,7 +12,7 @@ import pytest
 import yaml
 
 from tests.conftest import free_port
-from tests.deploy.cluster import COMPOSE, ROOT
+from tests.deploy.cluster import COMPOSE
 
 pytestmark = pytest.mark.skipif(
     shutil.which("prometheus") is None,
@@ -33,23 +32,6 @@ def _wait_for(predicate, timeout: float, what: str):
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out waiting for {what}")
         time.sleep(0.5)
-
-
-@pytest.fixture
-def running_reward(tmp_path):
-    """The reward service as compose runs it (`reward-server --config cluster.cpu.toml`), on loopback ports."""
-    pytest.importorskip("reward_server.config", reason="the reward server is not in this checkout yet")
-    grpc_port, metrics_port = free_port(), free_port()
-    log = open(tmp_path / "reward.log", "wb")  # a file, not a pipe nobody reads, which could fill and block
-    process = subprocess.Popen(
-        [sys.executable, "-m", "rlfleet.cli", "reward-server", "--config", str(COMPOSE / "cluster.cpu.toml"),
-         "--script", str(COMPOSE / "rewards" / "reverse.py"), "--server.host", "127.0.0.1",
-         "--server.port", str(grpc_port), "--server.metrics-port", str(metrics_port)],
-        cwd=ROOT, stdout=log, stderr=log, start_new_session=True)
-    yield metrics_port
-    process.terminate()
-    process.wait(30)
-    log.close()
 
 
 def _loopback_config(tmp_path, targets: dict[str, int]) -> str:
@@ -73,7 +55,8 @@ def _loopback_config(tmp_path, targets: dict[str, int]) -> str:
 @pytest.mark.slow
 def test_prometheus_scrapes_the_services_and_loads_the_rules(tmp_path, running_reference, running_reward):
     port = free_port()
-    config = _loopback_config(tmp_path, {"reference": running_reference.metrics_port, "reward": running_reward})
+    config = _loopback_config(tmp_path, {"reference": running_reference.metrics_port,
+                                         "reward": running_reward.metrics_port})
     prometheus = subprocess.Popen(
         ["prometheus", f"--config.file={config}", f"--storage.tsdb.path={tmp_path / 'data'}",
          f"--web.listen-address=127.0.0.1:{port}"],
