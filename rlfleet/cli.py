@@ -17,6 +17,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "reference": ("reference.__main__", "serve the frozen reference model's per-token log-probs"),
     "learner": ("learner.__main__", "train a LoRA adapter with DeepSpeed and push it to generators"),
     "up": ("rlfleet.up", "run the whole cluster as local processes (the main job)"),
+    "plot": ("rlfleet.plot", "plot a run's reward, KL, length and throughput to RUN_DIR/training.png"),
+    "export": ("learner.export", "export a trained adapter; --merge writes a merged Hugging Face model"),
     "health": ("rlfleet.health", "check a service's gRPC health (used by container health checks)"),
 }
 

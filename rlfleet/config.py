@@ -83,14 +83,19 @@ class ClientConfig(ConfigModel):
     """PEM root certificates to verify servers with; unset uses plaintext."""
 
 
-class ServiceConfig(ConfigModel):
-    """Base of the one config model each service has; `section` names its TOML table."""
+class CommandConfig(ConfigModel):
+    """Base of a command's config; `section` names its table in a cluster TOML file."""
 
     section: ClassVar[str] = ""
-    server: ServerConfig = ServerConfig()
-    """Listening address, limits, auth and metrics of this service."""
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     """Python logging level."""
+
+
+class ServiceConfig(CommandConfig):
+    """Base of the one config model each gRPC service has."""
+
+    server: ServerConfig = ServerConfig()
+    """Listening address, limits, auth and metrics of this service."""
 
 
 C = TypeVar("C", bound=BaseModel)
@@ -162,7 +167,7 @@ def _parse_text(text: str, kind: str, flag: str) -> Any:
         raise SystemExit(f"error: {flag}: expected JSON ({err.msg} at column {err.colno})") from None
 
 
-def build_parser(cls: type[ServiceConfig], prog: str, description: str = "") -> argparse.ArgumentParser:
+def build_parser(cls: type[CommandConfig], prog: str, description: str = "") -> argparse.ArgumentParser:
     """An argparse parser with one flag per config field (defaults left unset so layers merge)."""
     parser = argparse.ArgumentParser(prog=prog, description=description or cls.__doc__,
                                      argument_default=argparse.SUPPRESS)
@@ -196,7 +201,7 @@ def _env_layer(cls: type[BaseModel], environ: typing.Mapping[str, str]) -> dict:
     return layer
 
 
-def _file_layer(cls: type[ServiceConfig], path: Path | None) -> dict:
+def _file_layer(cls: type[CommandConfig], path: Path | None) -> dict:
     if path is None:
         return {}
     try:
@@ -257,12 +262,20 @@ def load_config(cls: type[C], argv: list[str] | None = None, prog: str = "rlflee
     return config
 
 
+def _toml_value(value: Any) -> str:
+    if isinstance(value, dict):
+        return "{" + ", ".join(f"{k} = {_toml_value(v)}" for k, v in value.items() if v is not None) + "}"
+    if isinstance(value, list | tuple):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    return json.dumps(value)  # strings, numbers and booleans are spelled alike in JSON and TOML
+
+
 def to_toml(data: dict, section: str = "") -> str:
     """Writes a (nested) dict of JSON-able values as TOML; tables after scalars, as TOML requires."""
-    scalars = {k: v for k, v in data.items() if not isinstance(v, dict)}
+    scalars = {k: v for k, v in data.items() if not isinstance(v, dict) and v is not None}
     tables = {k: v for k, v in data.items() if isinstance(v, dict)}
     out = [f"[{section}]"] if section and scalars else []
-    out += [f"{k} = {json.dumps(v)}" for k, v in scalars.items() if v is not None]
+    out += [f"{k} = {_toml_value(v)}" for k, v in scalars.items()]
     text = "\n".join(out) + ("\n" if out else "")
     for key, value in tables.items():
         text += ("\n" if text else "") + to_toml(value, f"{section}.{key}" if section else key)

@@ -1,0 +1,77 @@
+"""Prompt datasets for the pipeline: built-in tasks or local JSONL / Parquet / CSV files, with a resumable cursor."""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from rlfleet.tasks import PromptRow, builtin_rows
+
+_FORMATS = {".jsonl": "json", ".json": "json", ".parquet": "parquet", ".csv": "csv"}
+
+
+def load_rows(dataset: str, prompt_column: str = "prompt", answer_column: str = "answer",
+              eval_fraction: float = 0.0, seed: int = 0) -> tuple[list[PromptRow], list[PromptRow]]:
+    """(train, eval) rows; `builtin:NAME` uses rlfleet.tasks, anything else is a local file read with `datasets`."""
+    if dataset.startswith("builtin:"):
+        return builtin_rows(dataset.split(":", 1)[1], seed=1234 + seed)
+    path = Path(dataset)
+    if path.suffix not in _FORMATS:
+        raise ValueError(f"dataset {dataset!r}: expected builtin:NAME or a .jsonl/.json/.parquet/.csv file")
+    if not path.exists():
+        raise ValueError(f"dataset {dataset!r}: no such file")
+    from datasets import load_dataset
+
+    table = load_dataset(_FORMATS[path.suffix], data_files=str(path), split="train")
+    if prompt_column not in table.column_names:
+        raise ValueError(f"dataset {dataset!r}: no column {prompt_column!r} (has {table.column_names})")
+    rows = [_row(i, record, prompt_column, answer_column) for i, record in enumerate(table)]
+    rng = random.Random(seed)
+    order = list(range(len(rows)))
+    rng.shuffle(order)
+    n_eval = int(len(rows) * eval_fraction)
+    return [rows[i] for i in order[n_eval:]], [rows[i] for i in order[:n_eval]]
+
+
+def _row(index: int, record: dict[str, Any], prompt_column: str, answer_column: str) -> PromptRow:
+    columns = {k: v for k, v in record.items() if k != prompt_column}
+    answer = record.get(answer_column)
+    return PromptRow(prompt_id=str(record.get("id", index)), prompt=record[prompt_column],
+                     answer=None if answer is None else str(answer), columns=columns)
+
+
+@dataclass
+class Cursor:
+    """Walks the rows in a seeded random order, epoch after epoch; its state goes into checkpoints."""
+
+    rows: list[PromptRow]
+    seed: int = 0
+    epoch: int = 0
+    index: int = 0
+
+    def __post_init__(self) -> None:
+        if not self.rows:
+            raise ValueError("the dataset has no training rows")
+        self._order = self._shuffled(self.epoch)
+
+    def _shuffled(self, epoch: int) -> list[int]:
+        order = list(range(len(self.rows)))
+        random.Random(self.seed * 1_000_003 + epoch).shuffle(order)
+        return order
+
+    def next(self) -> PromptRow:
+        if self.index >= len(self._order):
+            self.epoch, self.index = self.epoch + 1, 0
+            self._order = self._shuffled(self.epoch)
+        row = self.rows[self._order[self.index]]
+        self.index += 1
+        return row
+
+    def state_dict(self) -> dict[str, int]:
+        return {"epoch": self.epoch, "index": self.index}
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        self.epoch, self.index = int(state["epoch"]), int(state["index"])
+        self._order = self._shuffled(self.epoch)

@@ -1,0 +1,220 @@
+"""What `rlfleet up` does, as named phases: prepare the model, write the cluster config, start, evaluate, train, report."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from rlfleet.cluster import LocalCluster, Service
+from rlfleet.config import to_toml
+from rlfleet.progress import ProgressView
+from rlfleet.up import BUILTIN_MODEL, UpConfig
+
+log = logging.getLogger("rlfleet.up")
+TASK_REWARDS = Path(__file__).with_name("task_rewards.py")
+
+
+@dataclass
+class Ports:
+    generators: list[int]
+    reward: int
+    reference: int
+    learner: int
+
+    @classmethod
+    def from_base(cls, base: int, generators: int) -> Ports:
+        return cls([base + i for i in range(generators)], base + 20, base + 30, base + 40)
+
+
+@dataclass
+class Summary:
+    """The run's result, printed at the end and saved as RUN_DIR/summary.json."""
+
+    run_dir: str
+    steps: int
+    policy_version: int
+    reward_first_steps: float
+    reward_last_steps: float
+    heldout_before: float | None
+    heldout_after: float | None
+    wall_seconds: float
+    warmstart_seconds: float
+
+
+def prepare_model(config: UpConfig, run_dir: Path) -> tuple[str, float]:
+    """The model path to serve; for `builtin:tiny`, builds the tiny model and runs the warm-start phase."""
+    if config.model != BUILTIN_MODEL:
+        return config.model, 0.0
+    from rlfleet.tasks import builtin_rows
+    from rlfleet.tiny_model import TinyModelSpec, build_tiny_model
+    from rlfleet.warmstart import warm_start
+
+    base = build_tiny_model(run_dir / "models" / "tiny", TinyModelSpec(seed=config.seed))
+    if config.warmstart_steps == 0 or not config.dataset.startswith("builtin:"):
+        return str(base), 0.0
+    train_rows, _ = builtin_rows(config.dataset.split(":", 1)[1], seed=1234 + config.seed)
+    print(f"phase 1/3  supervised warm-start of the tiny model: {config.warmstart_steps} steps on "
+          f"{config.dataset} (teaches the answer format; RL does the rest)", flush=True)
+    result = warm_start(base, run_dir / "models" / "warm", train_rows, config.warmstart_steps, seed=config.seed)
+    print(f"           done in {result.seconds:.0f}s, final loss {result.final_loss:.3f}", flush=True)
+    return str(result.path), result.seconds
+
+
+def cluster_tables(config: UpConfig, model: str, run_dir: Path, ports: Ports) -> dict:
+    """One table per service; the same tables a compose deployment reads (compose/cluster*.toml)."""
+    reward_script = str(config.reward_script or TASK_REWARDS)
+    reference = config.reference_service and config.kl_coef > 0
+    return {
+        "generator": {"model": model, "dtype": "float32", "enforce_eager": True, "gpu_memory_utilization": 0.1,
+                      "kv_cache_space_gib": 1, "keep_versions": config.max_staleness + 2,
+                      "max_lora_rank": config.lora_rank, "seed": config.seed, "max_model_len": 512},
+        "reward": {"script": reward_script, "reward": list(config.reward), "workers": 1},
+        "reference": {"model": model, "dtype": "float32"},
+        "learner": {
+            "model": model, "run_dir": str(run_dir), "max_steps": config.steps, "seed": config.seed,
+            "reference": "service" if reference else "in_process",
+            "lora": {"r": config.lora_rank, "alpha": 2.0 * config.lora_rank},
+            "deepspeed": {"zero_stage": 2, "dtype": "fp32", "lr": config.lr},
+            "algo": {"kl": {"coef": config.kl_coef, "estimator": "k3", "mode": "loss"}},
+            "checkpoint": {"every_steps": max(config.steps // 4, 1)},
+            "push": {"generators": [f"127.0.0.1:{p}" for p in ports.generators]},
+            "source": {
+                "type": "pipeline", "dataset": config.dataset, "seed": config.seed, "eval_split_fraction": 0.1,
+                "generators": [f"127.0.0.1:{p}" for p in ports.generators],
+                "rewards": [{"address": f"127.0.0.1:{ports.reward}", "name": "reward"}],
+                "reference": f"127.0.0.1:{ports.reference}" if reference else None,
+                "group_size": config.group_size, "prompts_per_batch": config.prompts_per_batch,
+                "max_tokens": config.max_tokens, "max_staleness": config.max_staleness,
+                "prompts_per_request": max(1, config.prompts_per_batch // 2),
+                "max_inflight_requests": 2 * config.generators,
+            },
+        },
+    }
+
+
+def start_services(cluster: LocalCluster, config: UpConfig, cluster_toml: Path, ports: Ports, with_reference: bool
+                   ) -> list[Service]:
+    """Reward, reference and generators (the learner comes after the first evaluation)."""
+    common = ["--config", str(cluster_toml)]
+    metrics = config.base_port + 1000
+    services = [cluster.start(Service("reward", "reward-server", common, ports.reward, metrics + 20))]
+    if with_reference:
+        services.append(cluster.start(Service("reference", "reference", common, ports.reference, metrics + 30)))
+    env = {"VLLM_ENABLE_V1_MULTIPROCESSING": "0", "VLLM_CPU_KVCACHE_SPACE": "1"}
+    for i, port in enumerate(ports.generators):
+        services.append(cluster.start(Service(f"generator-{i}", "generator", common, port, metrics + i,
+                                              threads=2, env=env)))
+    return services
+
+
+def heldout_reward(config: UpConfig, tables: dict, label: str) -> float | None:
+    """Greedy held-out reward through the running generators and reward service."""
+    if config.eval_rows == 0:
+        return None
+    from learner.pipeline.config import PipelineConfig
+    from learner.pipeline.dataset import load_rows
+    from learner.pipeline.evaluate import evaluate
+
+    pipeline = PipelineConfig.model_validate(tables["learner"]["source"])
+    _, eval_rows = load_rows(pipeline.dataset, pipeline.prompt_column, pipeline.answer_column,
+                             pipeline.eval_split_fraction, pipeline.seed)
+    result = asyncio.run(evaluate(eval_rows[: config.eval_rows], pipeline))
+    parts = ", ".join(f"{k} {v:.3f}" for k, v in result.components.items())
+    print(f"           held-out reward {label}: {result.mean_reward:.3f} ({parts}; {result.rows} prompts, "
+          f"policy version {result.policy_version})", flush=True)
+    return result.mean_reward
+
+
+def wait_for_version(address: str, version: int, timeout: float = 60.0) -> int:
+    """Waits until a generator serves `version` (the learner's last push); returns what it serves."""
+    from rlfleet.client import make_sync_channel
+    from rlfleet.v1 import generator_pb2, generator_pb2_grpc
+
+    deadline, served = time.monotonic() + timeout, -1
+    with make_sync_channel(address) as channel:
+        stub = generator_pb2_grpc.GeneratorServiceStub(channel)
+        while time.monotonic() < deadline:
+            served = stub.GetInfo(generator_pb2.GetGeneratorInfoRequest(), timeout=5).policy_version
+            if served >= version:
+                break
+            time.sleep(0.5)
+    return served
+
+
+def train(cluster: LocalCluster, config: UpConfig, cluster_toml: Path, ports: Ports, run_dir: Path) -> Service:
+    """Starts the learner and shows progress until it exits; raises if it fails."""
+    learner = cluster.start(Service("learner", "learner", ["--config", str(cluster_toml)], ports.learner,
+                                    config.base_port + 1040, threads=2))
+    view = ProgressView(run_dir / "metrics.jsonl", config.steps, config.progress)
+    while learner.alive():
+        view.poll()
+        time.sleep(0.5)
+    view.poll()
+    view.close()
+    if learner.process.returncode != 0:
+        raise RuntimeError(f"learner exited with code {learner.process.returncode}; end of its log:\n"
+                           f"{cluster.log_tail(learner)}")
+    return learner
+
+
+def summarise(run_dir: Path, before: float | None, after: float | None, wall: float, warm: float) -> Summary:
+    records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line.strip()]
+    rewards = [r["reward_mean"] for r in records]
+    k = max(1, min(5, len(rewards) // 4))
+    return Summary(str(run_dir), len(records), int(records[-1]["policy_version"]) if records else 0,
+                   sum(rewards[:k]) / k if rewards else float("nan"),
+                   sum(rewards[-k:]) / k if rewards else float("nan"), before, after, wall, warm)
+
+
+def run_cluster(config: UpConfig) -> int:
+    start = time.perf_counter()
+    run_dir = (config.run_dir or Path("runs") / time.strftime("%Y%m%d-%H%M%S")).resolve()
+    run_dir.mkdir(parents=True, exist_ok=True)
+    model, warm_seconds = prepare_model(config, run_dir)
+    ports = Ports.from_base(config.base_port, config.generators)
+    tables = cluster_tables(config, model, run_dir, ports)
+    cluster_toml = run_dir / "cluster.toml"
+    cluster_toml.write_text("# Resolved by `rlfleet up`; each service reads its own table.\n\n" + to_toml(tables))
+    cluster = LocalCluster(run_dir)
+    try:
+        print(f"phase 2/3  starting services (logs in {run_dir / 'logs'})", flush=True)
+        with_reference = tables["learner"]["reference"] == "service"
+        services = start_services(cluster, config, cluster_toml, ports, with_reference)
+        cluster.wait_healthy(services, config.health_timeout_seconds)
+        before = heldout_reward(config, tables, "before")
+        print(f"phase 3/3  training {config.steps} steps: {config.generators} generator(s), "
+              f"max_staleness {config.max_staleness}, group size {config.group_size}", flush=True)
+        train(cluster, config, cluster_toml, ports, run_dir)
+        trained = summarise(run_dir, None, None, 0, warm_seconds)
+        served = wait_for_version(f"127.0.0.1:{ports.generators[0]}", trained.policy_version)
+        after = heldout_reward(config, tables, f"after (version {served})")
+    except KeyboardInterrupt:
+        print("\ninterrupted: stopping services (the learner checkpoints first)", flush=True)
+        cluster.stop_all()
+        return 130
+    finally:
+        cluster.stop_all()
+    summary = summarise(run_dir, before, after, time.perf_counter() - start, warm_seconds)
+    (run_dir / "summary.json").write_text(json.dumps(asdict(summary), indent=1) + "\n")
+    if config.plot:
+        from rlfleet.plot import plot_run
+
+        plot_run(run_dir)
+    print_summary(summary)
+    return 0
+
+
+def print_summary(s: Summary) -> None:
+    def fmt(value: float | None) -> str:
+        return "n/a" if value is None else f"{value:.3f}"
+
+    print("\n== rlfleet up: summary ==")
+    print(f"steps trained           {s.steps} (policy version {s.policy_version})")
+    print(f"train reward            {fmt(s.reward_first_steps)} (first steps) -> {fmt(s.reward_last_steps)} (last steps)")
+    print(f"held-out reward         {fmt(s.heldout_before)} (before) -> {fmt(s.heldout_after)} (after)")
+    print(f"wall time               {s.wall_seconds:.0f}s (warm-start {s.warmstart_seconds:.0f}s)")
+    print(f"run directory           {s.run_dir}  (training.png, metrics.jsonl, adapter/, logs/)")

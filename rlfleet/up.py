@@ -1,0 +1,90 @@
+"""`rlfleet up`: the whole cluster as local processes from one config — the main job.
+
+With no arguments it builds the tiny local model, warm-starts it on the built-in `reverse` task
+(a visible, documented first phase: see rlfleet/warmstart.py), starts reward, reference and
+generator services, measures the held-out reward, trains with the learner while printing progress,
+measures the held-out reward again and leaves everything in the run directory:
+
+    RUN_DIR/cluster.toml     the resolved config of every service (the compose files use the same tables)
+    RUN_DIR/metrics.jsonl    one record per training step        RUN_DIR/logs/*.log   one log per service
+    RUN_DIR/checkpoints/     resumable checkpoints                RUN_DIR/adapter/     the final PEFT adapter
+    RUN_DIR/summary.json     reward and held-out reward before/after, wall time     RUN_DIR/training.png
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import ClassVar, Literal
+
+from pydantic import Field
+
+from rlfleet.config import CommandConfig, load_config
+
+log = logging.getLogger("rlfleet.up")
+
+BUILTIN_MODEL = "builtin:tiny"
+BUILTIN_REWARDS = ["accuracy:1.0", "similarity:0.5"]
+
+
+class UpConfig(CommandConfig):
+    """The local cluster: which model, task and rewards, how many generators, how long to train."""
+
+    section: ClassVar[str] = "up"
+    model: str = BUILTIN_MODEL
+    """Model path or Hugging Face name; `builtin:tiny` builds the tiny local model and warm-starts it."""
+    dataset: str = "builtin:reverse"
+    """Prompts: `builtin:reverse`, or a local JSONL / Parquet / CSV file with a `prompt` column."""
+    reward_script: Path | None = None
+    """Reward script for the reward service; unset uses the built-in task's (rlfleet/task_rewards.py)."""
+    reward: list[str] = BUILTIN_REWARDS
+    """Reward functions of the script with weights, `name:weight`."""
+    generators: int = Field(1, ge=1, le=16)
+    """Generator processes."""
+    reference_service: bool = True
+    """Start the reference service for the KL term (else the learner computes it in-process)."""
+    kl_coef: float = Field(0.005, ge=0)
+    """KL coefficient (0 = no reference log-probs at all)."""
+    steps: int = Field(40, ge=1)
+    """Training steps (optimiser updates, one policy version each)."""
+    group_size: int = Field(8, ge=2)
+    """Completions per prompt."""
+    prompts_per_batch: int = Field(8, ge=1)
+    """Prompts per training step."""
+    max_tokens: int = Field(12, ge=1)
+    """Maximum completion tokens."""
+    max_staleness: int = Field(1, ge=0)
+    """Policy versions a rollout may lag (0 = on-policy; 1 overlaps generation with training)."""
+    lr: float = Field(2e-3, gt=0)
+    """Learning rate of the LoRA adapter."""
+    lora_rank: int = Field(16, ge=1)
+    """LoRA rank."""
+    warmstart_steps: int = Field(130, ge=0)
+    """Supervised warm-start steps of the built-in tiny model (ignored for other models)."""
+    eval_rows: int = Field(64, ge=0)
+    """Held-out prompts evaluated before and after training (0 skips evaluation)."""
+    run_dir: Path | None = None
+    """Run directory; default runs/<date-time>."""
+    base_port: int = Field(50100, ge=1024, le=65000)
+    """First gRPC port; services take the following ones, /metrics ports start at base_port + 1000."""
+    health_timeout_seconds: float = Field(600.0, gt=0)
+    """How long services may take to report SERVING."""
+    progress: Literal["bar", "lines", "none"] = "bar"
+    """Progress view: a live bar, one line per step, or nothing."""
+    plot: bool = True
+    """Write RUN_DIR/training.png at the end."""
+    seed: int = 0
+    """Seed of model building, sampling and training."""
+
+
+def main(argv: list[str] | None = None) -> int:
+    config = load_config(UpConfig, argv, prog="rlfleet up")
+    logging.basicConfig(level=config.log_level, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
+    from rlfleet.launch import run_cluster  # imports torch; after --help has returned
+
+    return run_cluster(config)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
+
