@@ -1,0 +1,1 @@
+"""The generator service: rollouts from vLLM with hot-swapped, versioned LoRA adapters (`rlfleet generator`)."""

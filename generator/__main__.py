@@ -1,0 +1,24 @@
+"""Entry point of the generator service: `rlfleet generator --model PATH_OR_NAME` (or `python -m generator`)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import sys
+
+from generator.config import GeneratorConfig
+from rlfleet.config import load_config
+
+
+def main(argv: list[str] | None = None) -> int:
+    config = load_config(GeneratorConfig, argv, prog="rlfleet generator")
+    logging.basicConfig(level=config.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    # Imported after parsing: torch and vLLM take seconds to import, --help should not.
+    from generator.server import serve
+
+    asyncio.run(serve(config))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,225 @@
+"""The generator's real work, without gRPC: admit and run Generate calls, hot-swap adapters, describe itself."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import logging
+import shutil
+import tempfile
+import time
+import uuid
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+from generator import metrics
+from generator.config import GeneratorConfig
+from generator.engines import Engine, EngineRequest, make_engine
+from generator.policy import BaseModelShapes, PolicyVersions, check_adapter
+from generator.prompts import PromptRenderer
+from generator.rollouts import GenerateBatch, GeneratorInfo, GroupResult, LoadResult, Sampling, TokenizedPrompt
+from rlfleet.adapters import AdapterPayload, base_model_id, resolve_model_dir, write_adapter_dir
+from rlfleet.errors import InvalidRequest, Overloaded, Rejected
+
+log = logging.getLogger(__name__)
+
+
+class Generator:
+    """Serves rollouts from one engine and keeps its policy versions (LoRA adapters) current."""
+
+    def __init__(self, config: GeneratorConfig, engine: Engine, prompts: PromptRenderer, model_id: str,
+                 shapes: BaseModelShapes, adapter_dir: Path):
+        self.config = config
+        self.engine = engine
+        self.prompts = prompts
+        self.base_model_id = model_id
+        self.shapes = shapes
+        self.adapter_dir = adapter_dir
+        self.versions = PolicyVersions(config.keep_versions)
+        self._tokenizer_hash = prompts.tokenizer_hash
+        self._in_flight = 0
+        self._adapter_lock = asyncio.Lock()
+        self._background: set[asyncio.Task] = set()
+        metrics.RUNNING.set_function(lambda: self.engine.stats().running)
+        metrics.WAITING.set_function(lambda: self.engine.stats().waiting)
+        metrics.POLICY_VERSION.set(0)
+
+    @classmethod
+    async def create(cls, config: GeneratorConfig) -> Generator:
+        """Starts the engine named in the config and loads the tokenizer (the slow part of start-up)."""
+        from transformers import AutoTokenizer
+
+        engine = await make_engine(config)
+        tokenizer = AutoTokenizer.from_pretrained(config.tokenizer or config.model)
+        model_dir = resolve_model_dir(config.model)
+        adapter_dir = config.adapter_dir or Path(tempfile.mkdtemp(prefix="rlfleet-adapters-"))
+        prompts = PromptRenderer(tokenizer, engine.vocab_size, engine.max_model_len)
+        return cls(config, engine, prompts, base_model_id(model_dir), BaseModelShapes.from_dir(model_dir), adapter_dir)
+
+    # -- Generate ----------------------------------------------------------------------------------
+
+    async def generate(self, batch: GenerateBatch) -> AsyncIterator[GroupResult]:
+        """Yields one GroupResult per prompt as soon as its n samples are done (not in request order).
+
+        Closing the iterator early (the caller cancelled) aborts every engine request still running.
+        """
+        if not batch.prompts:
+            raise InvalidRequest("prompts", "must hold at least one prompt")
+        self._check_sampling(batch.sampling)
+        prompts = [self.prompts.render(i, p) for i, p in enumerate(batch.prompts)]
+        self._admit(len(prompts))
+        try:
+            version = self.versions.acquire(batch.policy_version)
+        except BaseException:
+            self._leave(len(prompts))
+            raise
+        call_id = uuid.uuid4().hex[:12]
+        tasks = {asyncio.ensure_future(self._run_group(f"{call_id}-{i}", i, p, batch.sampling, version)): i
+                 for i, p in enumerate(prompts)}
+        try:
+            for next_done in asyncio.as_completed(tasks):
+                yield await next_done
+        finally:
+            pending = [task for task in tasks if not task.done()]
+            for task in pending:
+                task.cancel()
+            if pending:
+                # Cancelling the tasks already aborts them in vLLM; this explicit abort also covers
+                # requests whose cancellation has not reached the engine yet.
+                await asyncio.shield(self.engine.abort([f"{call_id}-{tasks[t]}" for t in pending]))
+            self._leave(len(prompts))
+            self.versions.release(version)
+            self._retire_soon()
+
+    def _check_sampling(self, s: Sampling) -> None:
+        checks = (
+            ("sampling.n", 1 <= s.n <= self.config.max_samples_per_prompt, f"must be in [1, {self.config.max_samples_per_prompt}]"),
+            ("sampling.max_tokens", 1 <= s.max_tokens < self.engine.max_model_len, f"must be in [1, {self.engine.max_model_len})"),
+            ("sampling.temperature", s.temperature >= 0, "must be >= 0 (0 is greedy)"),
+            ("sampling.top_p", 0 < s.top_p <= 1, "must be in (0, 1]"),
+            ("sampling.top_k", s.top_k >= 0, "must be >= 0 (0 disables it)"),
+            ("sampling.min_p", 0 <= s.min_p <= 1, "must be in [0, 1]"),
+            ("sampling.min_tokens", s.min_tokens <= s.max_tokens, "must not exceed max_tokens"),
+            ("sampling.stop", all(s.stop), "stop strings must not be empty"),
+            ("sampling.stop_token_ids", all(t < self.engine.vocab_size for t in s.stop_token_ids),
+             f"every id must be < vocabulary size {self.engine.vocab_size}"),
+        )
+        for field, ok, problem in checks:
+            if not ok:
+                raise InvalidRequest(field, problem)
+
+    def _admit(self, count: int) -> None:
+        limit = self.config.max_concurrent_requests
+        if count > limit:
+            raise InvalidRequest("prompts", f"{count} prompts exceed max_concurrent_requests={limit}; split the call")
+        if self._in_flight + count > limit:
+            metrics.REQUESTS.labels("rejected").inc(count)
+            raise Overloaded(f"generator busy: {self._in_flight} of {limit} prompts in flight, {count} more asked")
+        self._in_flight += count
+        metrics.IN_FLIGHT.set(self._in_flight)
+
+    def _leave(self, count: int) -> None:
+        self._in_flight -= count
+        metrics.IN_FLIGHT.set(self._in_flight)
+
+    async def _run_group(self, request_id: str, index: int, prompt: TokenizedPrompt, sampling: Sampling,
+                         version: int) -> GroupResult:
+        # The model's length bounds the completion: a longer ask ends with finish_reason "length".
+        room = self.engine.max_model_len - len(prompt.prompt_ids)
+        sampling = dataclasses.replace(sampling, max_tokens=min(sampling.max_tokens, room),
+                                       min_tokens=min(sampling.min_tokens, room))
+        start = time.perf_counter()
+        try:
+            output = await self.engine.generate(EngineRequest(request_id, prompt.prompt_ids, sampling, version))
+        except asyncio.CancelledError:
+            metrics.REQUESTS.labels("aborted").inc()
+            raise
+        except Exception:
+            metrics.REQUESTS.labels("failed").inc()
+            raise
+        metrics.REQUESTS.labels("finished").inc()
+        metrics.REQUEST_LATENCY.observe(time.perf_counter() - start)
+        metrics.PROMPT_TOKENS.inc(len(prompt.prompt_ids))
+        if output.first_token_seconds is not None:
+            metrics.TIME_TO_FIRST_TOKEN.observe(output.first_token_seconds)
+        for completion in output.completions:
+            metrics.TOKENS_GENERATED.inc(len(completion.token_ids))
+            metrics.COMPLETIONS.labels(completion.finish_reason).inc()
+        return GroupResult(index, prompt, output.completions, version)
+
+    # -- Adapters ----------------------------------------------------------------------------------
+
+    async def load_adapter(self, payload: AdapterPayload, received_at: float) -> LoadResult:
+        """Verifies, writes and loads an adapter as the newest version; the previous one serves if it fails.
+
+        `received_at` is the perf_counter time of the adapter's first chunk. A version is immutable:
+        re-sending the serving version is acknowledged without reloading it.
+        """
+        version = payload.policy_version
+        async with self._adapter_lock:
+            if version == self.versions.newest:
+                return LoadResult(version, time.perf_counter() - received_at, self.versions.loaded)
+            try:
+                self._check_new(payload)
+                path = await asyncio.to_thread(write_adapter_dir, payload, self.adapter_dir / f"v{version:010d}")
+                try:
+                    await self.engine.load_adapter(version, path)
+                except Rejected:
+                    shutil.rmtree(path, ignore_errors=True)
+                    raise
+            except Rejected:
+                metrics.ADAPTER_LOADS.labels("rejected").inc()
+                raise
+            self.versions.add(version)
+            # vLLM keys cached blocks by adapter too, so this is hygiene rather than correctness: it
+            # frees blocks of the old policy at once instead of leaving them to LRU eviction.
+            if not await self.engine.reset_prefix_cache():
+                log.debug("prefix cache not reset after v%d: requests are running", version)
+            await self._retire()
+        seconds = time.perf_counter() - received_at
+        metrics.ADAPTER_LOADS.labels("loaded").inc()
+        metrics.ADAPTER_LOAD_TIME.observe(seconds)
+        metrics.ADAPTER_BYTES.inc(len(payload.weights))
+        metrics.POLICY_VERSION.set(version)
+        log.info("policy v%d serving (%.3f s from first chunk, %d bytes)", version, seconds, len(payload.weights))
+        return LoadResult(version, seconds, self.versions.loaded)
+
+    def _check_new(self, payload: AdapterPayload) -> None:
+        if payload.policy_version < self.versions.newest:
+            raise Rejected(f"header.policy_version: {payload.policy_version} is older than the serving "
+                           f"version {self.versions.newest}")
+        check_adapter(payload, self.base_model_id, self.shapes, self.config.max_lora_rank)
+
+    async def _retire(self) -> None:
+        """Unloads versions outside the K newest that no request uses any more."""
+        for version in self.versions.retirable():
+            self.versions.remove(version)
+            await self.engine.unload_adapter(version)
+            shutil.rmtree(self.adapter_dir / f"v{version:010d}", ignore_errors=True)
+            log.info("unloaded policy v%d", version)
+        metrics.LOADED_VERSIONS.set(len(self.versions.loaded))
+
+    def _retire_soon(self) -> None:
+        async def run() -> None:
+            async with self._adapter_lock:
+                await self._retire()
+
+        if self.versions.retirable():
+            task = asyncio.ensure_future(run())
+            self._background.add(task)
+            task.add_done_callback(self._background.discard)
+
+    # -- Info --------------------------------------------------------------------------------------
+
+    def info(self) -> GeneratorInfo:
+        stats = self.engine.stats()
+        return GeneratorInfo(
+            model=self.config.model, base_model_id=self.base_model_id,
+            tokenizer=self.config.tokenizer or self.config.model, tokenizer_hash=self._tokenizer_hash,
+            max_model_len=self.engine.max_model_len, vocab_size=self.engine.vocab_size,
+            policy_version=self.versions.newest, loaded_versions=self.versions.loaded,
+            max_lora_rank=self.config.max_lora_rank, engine=self.engine.name,
+            running_requests=stats.running, waiting_requests=stats.waiting)
+
+    def shutdown(self) -> None:
+        self.engine.shutdown()

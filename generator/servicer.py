@@ -1,0 +1,86 @@
+"""GeneratorService over gRPC: protobuf <-> domain types around the core, nothing else."""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections.abc import AsyncIterator
+
+from generator.core import Generator
+from generator.rollouts import Completion, GenerateBatch, GroupResult, PromptInput, Sampling
+from rlfleet.adapters import AdapterAssembler
+from rlfleet.errors import NotReady
+from rlfleet.v1 import common_pb2, generator_pb2, generator_pb2_grpc
+
+_FINISH = {"stop": common_pb2.FINISH_REASON_STOP, "length": common_pb2.FINISH_REASON_LENGTH,
+           "abort": common_pb2.FINISH_REASON_ABORT}
+
+
+def sampling_from_proto(msg: common_pb2.SamplingParams, default_max_tokens: int) -> Sampling:
+    """Proto sampling parameters with the wire's defaults (0 / unset) filled in."""
+    return Sampling(
+        n=msg.n or 1, max_tokens=msg.max_tokens or default_max_tokens, temperature=msg.temperature,
+        top_p=msg.top_p if msg.HasField("top_p") else 1.0, top_k=msg.top_k if msg.HasField("top_k") else 0,
+        min_p=msg.min_p if msg.HasField("min_p") else 0.0, seed=msg.seed if msg.HasField("seed") else None,
+        stop=tuple(msg.stop), stop_token_ids=tuple(msg.stop_token_ids), min_tokens=msg.min_tokens,
+        logprobs=msg.logprobs if msg.HasField("logprobs") else True)
+
+
+def batch_from_proto(request: generator_pb2.GenerateRequest, default_max_tokens: int) -> GenerateBatch:
+    prompts = [PromptInput(p.prompt_id, tuple(p.token_ids), p.text, tuple((m.role, m.content) for m in p.messages))
+               for p in request.prompts]
+    version = request.policy_version if request.HasField("policy_version") else None
+    return GenerateBatch(prompts, sampling_from_proto(request.sampling, default_max_tokens), version)
+
+
+def completion_to_proto(c: Completion) -> common_pb2.Completion:
+    return common_pb2.Completion(token_ids=c.token_ids, logprobs=c.logprobs, finish_reason=_FINISH[c.finish_reason],
+                                 text=c.text)
+
+
+def group_to_proto(group: GroupResult) -> generator_pb2.GenerateResponse:
+    return generator_pb2.GenerateResponse(
+        prompt_index=group.prompt_index, prompt_id=group.prompt.prompt_id, prompt_ids=group.prompt.prompt_ids,
+        prompt_text=group.prompt.prompt_text, completions=[completion_to_proto(c) for c in group.completions],
+        policy_version=group.policy_version)
+
+
+class GeneratorServicer(generator_pb2_grpc.GeneratorServiceServicer):
+    """Answers UNAVAILABLE until `core` is set, i.e. until the model and the current policy are loaded."""
+
+    def __init__(self, core: Generator | None = None):
+        self.core = core
+
+    def _ready(self) -> Generator:
+        if self.core is None:
+            raise NotReady("generator is still loading its model and policy")
+        return self.core
+
+    async def Generate(self, request, context) -> AsyncIterator[generator_pb2.GenerateResponse]:
+        core = self._ready()
+        batch = batch_from_proto(request, core.config.default_max_tokens)
+        # aclosing: a cancelled call closes the core's iterator at once, which aborts its engine requests.
+        async with contextlib.aclosing(core.generate(batch)) as groups:
+            async for group in groups:
+                yield group_to_proto(group)
+
+    async def LoadAdapter(self, request_iterator, context) -> generator_pb2.LoadAdapterResponse:
+        core = self._ready()
+        assembler = AdapterAssembler()
+        received_at: float | None = None
+        async for chunk in request_iterator:
+            received_at = received_at or time.perf_counter()
+            assembler.add(chunk)
+        payload = assembler.finish()
+        result = await core.load_adapter(payload, received_at or time.perf_counter())
+        return generator_pb2.LoadAdapterResponse(policy_version=result.policy_version, load_seconds=result.load_seconds,
+                                                 loaded_versions=result.loaded_versions)
+
+    async def GetInfo(self, request, context) -> generator_pb2.GeneratorInfo:
+        info = self._ready().info()
+        return generator_pb2.GeneratorInfo(
+            model=info.model, base_model_id=info.base_model_id, tokenizer=info.tokenizer,
+            tokenizer_hash=info.tokenizer_hash, max_model_len=info.max_model_len, vocab_size=info.vocab_size,
+            policy_version=info.policy_version, loaded_versions=info.loaded_versions,
+            max_lora_rank=info.max_lora_rank, engine=info.engine, running_requests=info.running_requests,
+            waiting_requests=info.waiting_requests)

