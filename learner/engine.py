@@ -148,9 +148,21 @@ class PolicyEngine:
             model=self.module, optimizer=self._optimizer(trainable),
             lr_scheduler=lambda opt: torch.optim.lr_scheduler.LambdaLR(opt, _lr_lambda(config)),
             config=deepspeed_config(config))
-        self.lm_head = self.peft_model.get_output_embeddings().weight  # [V, H] frozen
+        self.lm_head = self._frozen_lm_head()  # [V, H]
         log.info("learner engine: ZeRO-%d %s, %d trainable parameters, device %s", config.deepspeed.zero_stage,
                  config.deepspeed.dtype, sum(p.numel() for p in trainable), self.engine.device)
+
+    def _frozen_lm_head(self) -> Tensor:
+        """The LM-head weight [V, H]. Under ZeRO-3 it is partitioned and the kernel saves it for backward,
+        which runs after any GatheredParameters context has re-partitioned it; the head is frozen, so
+        one gathered copy per rank serves every step."""
+        weight = self.peft_model.get_output_embeddings().weight
+        if self.config.deepspeed.zero_stage < 3:
+            return weight
+        import deepspeed
+
+        with deepspeed.zero.GatheredParameters([weight], modifier_rank=None):
+            return weight.detach().clone()
 
     def _optimizer(self, params: list[nn.Parameter]) -> torch.optim.Optimizer:
         ds = self.config.deepspeed
@@ -176,9 +188,8 @@ class PolicyEngine:
         index = positions.to(device)[:, :, None].expand(-1, -1, hidden.shape[-1])  # [B, T, H]
         picked = hidden.gather(1, index)  # [B, T, H]
         valid = valid.to(device)
-        with self._gathered([self.lm_head]):
-            lp, entropy = token_logprobs(picked[valid], self.lm_head, targets.to(device)[valid],
-                                         chunk_size=self.config.logprob_chunk_size, return_entropy=return_entropy)
+        lp, entropy = token_logprobs(picked[valid], self.lm_head, targets.to(device)[valid],
+                                     chunk_size=self.config.logprob_chunk_size, return_entropy=return_entropy)
         out = torch.zeros(valid.shape, dtype=torch.float32, device=device)  # [B, T]
         out = out.masked_scatter(valid, lp)
         if entropy is None:
