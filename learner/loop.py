@@ -38,7 +38,8 @@ def make_source(config: LearnerConfig, trainer: Trainer | None = None) -> Rollou
     if config.source.type == "push":
         from learner.queue_source import QueueSource
 
-        return QueueSource(config.source.max_queued_batches, config.source.remembered_batch_ids)
+        return QueueSource(config.source.max_queued_batches, config.source.remembered_batch_ids,
+                           require_ref_logprobs=config.algo.needs_reference and config.reference == "service")
     from learner.pipeline import make_pipeline_source
 
     return make_pipeline_source(config, trainer)

@@ -8,7 +8,7 @@ from typing import Any
 
 from learner import metrics
 from learner.sources import RolloutSource
-from rlfleet.errors import Overloaded
+from rlfleet.errors import InvalidRequest, Overloaded
 from rlfleet.rollouts import Batch
 
 
@@ -19,7 +19,8 @@ class QueueSource(RolloutSource):
     re-sends); a batch whose id was seen before is ignored and counted, so re-sending is idempotent.
     """
 
-    def __init__(self, max_queued: int, remembered_ids: int = 100_000):
+    def __init__(self, max_queued: int, remembered_ids: int = 100_000, require_ref_logprobs: bool = False):
+        self.require_ref_logprobs = require_ref_logprobs
         self._queue: asyncio.Queue[Batch] = asyncio.Queue(maxsize=max_queued)
         self._seen: OrderedDict[str, None] = OrderedDict()
         self._consumed_ids: OrderedDict[str, None] = OrderedDict()
@@ -30,6 +31,7 @@ class QueueSource(RolloutSource):
 
     def offer(self, batch: Batch) -> bool:
         """Queues `batch`; False when its id was already seen; raises Overloaded when the queue is full."""
+        self._check(batch)
         if batch.batch_id in self._seen:
             self.duplicates += 1
             metrics.RECEIVED_BATCHES.labels("duplicate").inc()
@@ -46,6 +48,17 @@ class QueueSource(RolloutSource):
         metrics.RECEIVED_BATCHES.labels("accepted").inc()
         metrics.QUEUED_BATCHES.set(self._queue.qsize())
         return True
+
+    def _check(self, batch: Batch) -> None:
+        """With a KL and the reference service, producers must send ref_logprobs: refuse at the door,
+        not in the middle of a training step."""
+        if not self.require_ref_logprobs:
+            return
+        for g, group in enumerate(batch.groups):
+            for s, sample in enumerate(group.samples):
+                if sample.ref_logprobs is None and sample.token_ids:
+                    raise InvalidRequest(f"groups[{g}].samples[{s}].ref_logprobs",
+                                         "required: algo.kl.coef > 0 and reference = 'service'")
 
     @property
     def depth(self) -> int:

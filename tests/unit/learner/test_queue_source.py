@@ -7,7 +7,7 @@ import asyncio
 import pytest
 
 from learner.queue_source import QueueSource
-from rlfleet.errors import Overloaded
+from rlfleet.errors import InvalidRequest, Overloaded
 from tests.unit.learner.rollout_fixtures import fixed_batch
 
 
@@ -40,3 +40,11 @@ def test_state_remembers_consumed_ids_only():
     assert restored.consumed == 1
     assert not restored.offer(fixed_batch("a"))  # already trained on before the restart
     assert restored.offer(fixed_batch("b"))  # was only queued: its producer's re-send must be trained on
+
+
+def test_missing_ref_logprobs_are_refused_when_the_reference_service_provides_them():
+    queue = QueueSource(max_queued=4, require_ref_logprobs=True)
+    with pytest.raises(InvalidRequest, match=r"^groups\[0\]\.samples\[0\]\.ref_logprobs"):
+        queue.offer(fixed_batch("a"))
+    assert queue.offer(fixed_batch("b", with_ref=True))
+    assert queue.depth == 1

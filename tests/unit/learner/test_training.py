@@ -166,3 +166,39 @@ def test_fused_logprob_kernel_matches_the_plain_log_softmax(trainer, monkeypatch
     assert ent_f == pytest.approx(ent_p, rel=1e-5)
     for name in grad_p:
         torch.testing.assert_close(grad_f[name], grad_p[name], rtol=1e-4, atol=1e-7)
+
+
+def test_in_process_reference_is_the_adapter_disabled_base_model(trainer, tiny_model_dir):
+    # After the tests above the adapter is non-zero, so policy and reference log-probs differ; the
+    # reference must equal plain transformers on the base weights (teacher-forced, float64 softmax).
+    from transformers import AutoModelForCausalLM
+
+    from learner.algos.config import AlgoConfig, KLConfig
+
+    kl_trainer = Trainer(trainer.config.model_copy(update={"algo": AlgoConfig(kl=KLConfig(coef=0.1))}),
+                         trainer.engine)
+    batch = fixed_batch(seed=7, groups=1)
+    padded = _padded(kl_trainer, batch)
+    kl_trainer.prepare(padded)
+    base = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    group = batch.groups[0]
+    for row, sample in enumerate(group.samples):
+        ids = torch.tensor([group.prompt_ids + sample.token_ids])  # [1, P+T]
+        with torch.no_grad():
+            logits = base(ids).logits[0, len(group.prompt_ids) - 1:-1].double()  # [T, V]: position t predicts token t
+        want = logits.log_softmax(-1).gather(-1, torch.tensor(sample.token_ids)[:, None])[:, 0]  # [T]
+        got = padded.ref_logprobs[row, :len(sample.token_ids)].double()
+        torch.testing.assert_close(got, want, rtol=0, atol=1e-4)
+    with torch.no_grad():
+        policy, _ = trainer.engine.logprobs(padded.input_ids, padded.attention_mask, padded.positions,
+                                            padded.targets, padded.mask > 0)
+    assert (policy - padded.ref_logprobs).abs().max() > 1e-3  # the adapter is on outside reference_mode
+
+
+def test_reference_service_mode_refuses_a_batch_without_ref_logprobs(trainer):
+    from rlfleet.errors import InvalidRequest
+
+    service = Trainer(trainer.config.model_copy(update={"reference": "service", "algo": trainer.config.algo.model_copy(
+        update={"kl": trainer.config.algo.kl.model_copy(update={"coef": 0.1})})}), trainer.engine)
+    with pytest.raises(InvalidRequest, match="ref_logprobs"):
+        service.train_step(fixed_batch(seed=8), policy_version=0)
