@@ -31,7 +31,8 @@ class Measurement:
 
     path: str
     vocab: int
-    seconds: float            # best of the repeats
+    seconds: float            # wall time, best of the repeats
+    cpu_seconds: float        # process CPU time of that run (all threads): steadier than wall on a shared machine
     peak_bytes: int           # whole process (CPU: ru_maxrss) or CUDA allocator peak
     peak_above_inputs: int    # peak minus what the inputs alone held
     logprob_sum: float        # sanity check: both paths compute the same numbers
@@ -68,15 +69,16 @@ def measure_cpu(path: str, tokens: int, hidden: int, vocab: int, chunk_size: int
     """Runs in its own process, so that the peak resident size is this path's alone."""
     inputs = _inputs(tokens, hidden, vocab, "cpu", torch.float32)
     baseline = _rss_bytes()
-    best, checks = float("inf"), (0.0, 0.0)
+    best, cpu, checks = float("inf"), 0.0, (0.0, 0.0)
     for _ in range(repeats):
-        start = time.perf_counter()
+        start, cpu_start = time.perf_counter(), time.process_time()
         logprobs, grad = _step(path, *inputs, chunk_size, "torch")
-        best = min(best, time.perf_counter() - start)
+        if time.perf_counter() - start < best:
+            best, cpu = time.perf_counter() - start, time.process_time() - cpu_start
         checks = (logprobs.sum().item(), grad.norm().item())
         del logprobs, grad
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux reports KiB
-    return Measurement(path, vocab, best, peak, peak - baseline, *checks)
+    return Measurement(path, vocab, best, cpu, peak, peak - baseline, *checks)
 
 
 def measure_cuda(path: str, backend: str, tokens: int, hidden: int, vocab: int, chunk_size: int,
@@ -98,7 +100,7 @@ def measure_cuda(path: str, backend: str, tokens: int, hidden: int, vocab: int, 
         del logprobs, grad
     peak = torch.cuda.max_memory_allocated()
     del inputs
-    return Measurement(f"{path}:{backend}", vocab, best, peak, peak - baseline, *checks)
+    return Measurement(f"{path}:{backend}", vocab, best, float("nan"), peak, peak - baseline, *checks)
 
 
 def time_policy_loss_cuda(batch: int, length: int, repeats: int) -> dict[str, float]:
@@ -134,11 +136,12 @@ def _run_worker(args: argparse.Namespace, path: str, vocab: int) -> Measurement:
 def _report(rows: list[Measurement], reference: str) -> None:
     """One line per measurement, with time and peak as a fraction of `reference` at the same vocabulary."""
     gib = 1024**3
-    print(f"{'path':<16}{'V':>8}{'seconds':>10}{'x time':>8}{'peak GiB':>10}{'x peak':>8}"
+    print(f"{'path':<16}{'V':>8}{'seconds':>10}{'x time':>8}{'cpu s':>8}{'x cpu':>7}{'peak GiB':>10}{'x peak':>8}"
           f"{'above inputs GiB':>18}{'x above':>9}  check (sum lp, |grad|)")
     for row in rows:
         base = next(r for r in rows if r.vocab == row.vocab and r.path == reference)
         print(f"{row.path:<16}{row.vocab:>8}{row.seconds:>10.3f}{row.seconds / base.seconds:>8.2f}"
+              f"{row.cpu_seconds:>8.2f}{row.cpu_seconds / base.cpu_seconds:>7.2f}"
               f"{row.peak_bytes / gib:>10.3f}{row.peak_bytes / base.peak_bytes:>8.3f}"
               f"{row.peak_above_inputs / gib:>18.3f}{row.peak_above_inputs / base.peak_above_inputs:>9.3f}"
               f"  ({row.logprob_sum:.4f}, {row.grad_norm:.4f})")
