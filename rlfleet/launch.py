@@ -29,6 +29,11 @@ class Ports:
     def from_base(cls, base: int, generators: int) -> Ports:
         return cls([base + i for i in range(generators)], base + 20, base + 30, base + 40)
 
+    @staticmethod
+    def metrics(grpc_port: int) -> int:
+        """Each service's /metrics port: its gRPC port + 1000."""
+        return grpc_port + 1000
+
 
 @dataclass
 class Summary:
@@ -100,13 +105,13 @@ def start_services(cluster: LocalCluster, config: UpConfig, cluster_toml: Path, 
                    ) -> list[Service]:
     """Reward, reference and generators (the learner comes after the first evaluation)."""
     common = ["--config", str(cluster_toml)]
-    metrics = config.base_port + 1000
-    services = [cluster.start(Service("reward", "reward-server", common, ports.reward, metrics + 20))]
+    services = [cluster.start(Service("reward", "reward-server", common, ports.reward, ports.metrics(ports.reward)))]
     if with_reference:
-        services.append(cluster.start(Service("reference", "reference", common, ports.reference, metrics + 30)))
+        services.append(cluster.start(Service("reference", "reference", common, ports.reference,
+                                              ports.metrics(ports.reference))))
     env = {"VLLM_ENABLE_V1_MULTIPROCESSING": "0", "VLLM_CPU_KVCACHE_SPACE": "1"}
     for i, port in enumerate(ports.generators):
-        services.append(cluster.start(Service(f"generator-{i}", "generator", common, port, metrics + i,
+        services.append(cluster.start(Service(f"generator-{i}", "generator", common, port, ports.metrics(port),
                                               threads=2, env=env)))
     return services
 
@@ -148,7 +153,7 @@ def wait_for_version(address: str, version: int, timeout: float = 60.0) -> int:
 def train(cluster: LocalCluster, config: UpConfig, cluster_toml: Path, ports: Ports, run_dir: Path) -> Service:
     """Starts the learner and shows progress until it exits; raises if it fails."""
     learner = cluster.start(Service("learner", "learner", ["--config", str(cluster_toml)], ports.learner,
-                                    config.base_port + 1040, threads=2))
+                                    ports.metrics(ports.learner), threads=2))
     view = ProgressView(run_dir / "metrics.jsonl", config.steps, config.progress)
     while learner.alive():
         view.poll()

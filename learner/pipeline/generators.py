@@ -79,12 +79,15 @@ class GeneratorPool:
         self.refresh_seconds = refresh_seconds
         self.endpoints: dict[str, Endpoint] = {}
         self._refreshed = 0.0
-        self._changed = asyncio.Event()
+        self._lock = asyncio.Lock()
         self._waiting_logged = False
 
     async def refresh(self, force: bool = False) -> None:
-        if not force and time.monotonic() - self._refreshed < self.refresh_seconds:
-            return
+        async with self._lock:  # one resolution at a time; concurrent callers wait for its result
+            if force or time.monotonic() - self._refreshed >= self.refresh_seconds:
+                await self._resolve()
+
+    async def _resolve(self) -> None:
         self._refreshed = time.monotonic()
         found = [a for t in self.targets for a in await asyncio.to_thread(expand_target, t)]
         for address in found:

@@ -131,11 +131,21 @@ class PipelineSource(RolloutSource):
         await asyncio.gather(*tasks, return_exceptions=True)
         for prompt_id in sorted(self._outstanding.elements()):
             self._finish(prompt_id, "run_ended")
+        self.write_accounting()
         await self.pool.close()
         for service in self.rewards:
             await service.close()
         if self.reference is not None:
             await self.reference.close()
+
+    def write_accounting(self) -> None:
+        """RUN_DIR/pipeline_accounting.json: every prompt issued ended as trained or dropped (by reason)."""
+        dropped = {k: v for k, v in self.stats.dropped.items() if k != "stale_requeued"}
+        record = {"issued": self.stats.issued, "trained": self.stats.trained, "dropped": dropped,
+                  "requeued_stale": self.stats.dropped["stale_requeued"], "generate_calls": self.stats.generate_calls,
+                  "generator_failures": self.stats.generator_failures,
+                  "generator_busy_seconds": self.pool.busy_seconds()}
+        (self.dropped_log.parent / "pipeline_accounting.json").write_text(json.dumps(record, indent=1) + "\n")
 
     # ---- production ------------------------------------------------------------------------------
 

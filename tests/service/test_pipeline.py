@@ -1,0 +1,168 @@
+"""Rollout pipeline over real gRPC: resubmission when a generator dies mid-call, pause while rewards are down, staleness, accounting.
+
+The reward service is the real one (the built-in task's script in worker processes). The
+generators are scripted stand-ins for *another* service: they answer instantly with chosen
+completions and can die mid-stream, which a vLLM engine cannot be made to do on cue.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from pathlib import Path
+
+import grpc
+import pytest
+
+from learner.pipeline.config import PipelineConfig, RewardServiceConfig
+from learner.pipeline.source import PipelineSource
+from reward_server.config import RewardConfig
+from reward_server.core import RewardCore
+from reward_server.server import start_server
+from rlfleet.config import ClientConfig, ServerConfig
+from rlfleet.server import GrpcServer
+from rlfleet.v1 import common_pb2, generator_pb2, generator_pb2_grpc
+from tests.conftest import free_port
+
+TASK_REWARDS = Path(__file__).resolve().parents[2] / "rlfleet" / "task_rewards.py"
+
+
+class ScriptedGenerator(generator_pb2_grpc.GeneratorServiceServicer):
+    """Answers every prompt `reverse:abc` with n completions: the correct one first, then wrong ones."""
+
+    def __init__(self, die_after_groups: int | None = None):
+        self.die_after_groups = die_after_groups
+        self.policy_version = 0
+        self.calls = 0
+
+    async def Generate(self, request, context):
+        self.calls += 1
+        for i, prompt in enumerate(request.prompts):
+            if self.die_after_groups is not None and i >= self.die_after_groups:
+                self.die_after_groups = None  # dies once, then serves normally
+                await context.abort(grpc.StatusCode.UNAVAILABLE, "scripted crash")
+            word = prompt.messages[0].content.split(":", 1)[1]
+            texts = [word[::-1]] + [word] * (request.sampling.n - 1)
+            completions = [common_pb2.Completion(token_ids=[ord(c) for c in t] + [2], logprobs=[-0.5] * (len(t) + 1),
+                                                 finish_reason=common_pb2.FINISH_REASON_STOP, text=t) for t in texts]
+            yield generator_pb2.GenerateResponse(prompt_index=i, prompt_id=prompt.prompt_id, prompt_ids=[1, 2, 3],
+                                                 prompt_text=prompt.messages[0].content, completions=completions,
+                                                 policy_version=self.policy_version)
+
+
+async def _generator(servicer) -> GrpcServer:
+    server = GrpcServer(ServerConfig(host="127.0.0.1", port=0), name="scripted-generator")
+    generator_pb2_grpc.add_GeneratorServiceServicer_to_server(servicer, server.grpc)
+    await server.start(["rlfleet.v1.GeneratorService"])
+    await server.set_serving()
+    return server
+
+
+def _reward_core() -> RewardCore:
+    core = RewardCore(RewardConfig(script=TASK_REWARDS, reward=["accuracy:1.0", "similarity:0.5"], workers=1))
+    core.start_workers()
+    return core
+
+
+def _pipeline(tmp_path, generators: list[str], reward_port: int, **overrides) -> PipelineSource:
+    config = PipelineConfig(
+        dataset="builtin:reverse", generators=generators, group_size=4, prompts_per_batch=4, prompts_per_request=2,
+        max_inflight_requests=2, rewards=[RewardServiceConfig(address=f"127.0.0.1:{reward_port}", name="task")],
+        retry_backoff_seconds=0.2, client=ClientConfig(timeout_seconds=10, max_attempts=1), **overrides)
+    return PipelineSource(config, tmp_path, needs_reference=False)
+
+
+def test_generator_death_resubmits_and_every_prompt_is_accounted(tmp_path):
+    core = _reward_core()
+
+    async def run():
+        reward = await start_server(ServerConfig(host="127.0.0.1", port=0), core)
+        flaky, healthy = ScriptedGenerator(die_after_groups=1), ScriptedGenerator()
+        servers = [await _generator(flaky), await _generator(healthy)]
+        source = _pipeline(tmp_path, [f"127.0.0.1:{s.port}" for s in servers], reward.port, max_staleness=1)
+        await source.start()
+        batches = []
+        for version in range(3):
+            flaky.policy_version = healthy.policy_version = version  # the learner's push reached both
+            source.set_policy_version(version)
+            batches.append(await asyncio.wait_for(source.next_batch(), 30))
+        await source.close()
+        for server in [*servers, reward]:
+            await server.stop(0)
+        return batches, source.stats, flaky.calls + healthy.calls
+
+    try:
+        batches, stats, calls = asyncio.run(run())
+    finally:
+        core.close()
+    assert [len(b.groups) for b in batches] == [4, 4, 4]
+    for group in (g for b in batches for g in b.groups):
+        # accuracy 1 + 0.5 * similarity 1 for the correct first sample; the others are wrong
+        assert group.samples[0].reward == pytest.approx(1.5)
+        assert group.samples[0].reward_components == {"accuracy": 1.0, "similarity": 1.0}
+    assert stats.generator_failures == 1 and calls >= 3
+    accounting = json.loads((tmp_path / "pipeline_accounting.json").read_text())
+    assert accounting["issued"] == accounting["trained"] + sum(accounting["dropped"].values()) + accounting["requeued_stale"]
+    assert accounting["trained"] == 12 and set(accounting["dropped"]) <= {"run_ended"}
+
+
+def test_on_policy_waits_for_the_update_and_stale_groups_are_requeued(tmp_path):
+    core = _reward_core()
+
+    async def run():
+        reward = await start_server(ServerConfig(host="127.0.0.1", port=0), core)
+        generator = ScriptedGenerator()
+        server = await _generator(generator)
+        source = _pipeline(tmp_path, [f"127.0.0.1:{server.port}"], reward.port, max_staleness=0)
+        await source.start()
+        source.set_policy_version(0)
+        first = await asyncio.wait_for(source.next_batch(), 30)
+        await asyncio.sleep(0.5)
+        calls_while_training = generator.calls  # max_staleness 0: nothing new starts before version 1
+        generator.policy_version = 0            # the generator lags: it still serves version 0
+        source.set_policy_version(1)
+        await asyncio.sleep(1.0)
+        generator.policy_version = 1            # the push lands
+        second = await asyncio.wait_for(source.next_batch(), 30)
+        await source.close()
+        await server.stop(0)
+        await reward.stop(0)
+        return first, calls_while_training, second, source.stats
+
+    try:
+        first, calls_while_training, second, stats = asyncio.run(run())
+    finally:
+        core.close()
+    assert calls_while_training == 2  # 4 prompts, 2 per request: exactly the first batch
+    assert {g.policy_version for g in first.groups} == {0}
+    assert {g.policy_version for g in second.groups} == {1}  # version-0 groups were too stale at version 1
+    assert stats.dropped["stale_requeued"] >= 1
+
+
+def test_reward_service_down_pauses_then_resumes(tmp_path, caplog):
+    caplog.set_level(logging.INFO, logger="learner.pipeline.scoring")
+    core = _reward_core()
+    reward_port = free_port()
+
+    async def run():
+        server = await _generator(ScriptedGenerator())
+        source = _pipeline(tmp_path, [f"127.0.0.1:{server.port}"], reward_port, max_staleness=1)
+        await source.start()
+        source.set_policy_version(0)
+        pending = asyncio.ensure_future(source.next_batch())
+        await asyncio.sleep(1.5)
+        paused = not pending.done()
+        reward = await start_server(ServerConfig(host="127.0.0.1", port=reward_port), core)
+        batch = await asyncio.wait_for(pending, 30)
+        await source.close()
+        await server.stop(0)
+        await reward.stop(0)
+        return paused, batch
+
+    try:
+        paused, batch = asyncio.run(run())
+    finally:
+        core.close()
+    assert paused and len(batch.groups) == 4
+    assert "pipeline paused until it answers" in caplog.text and "pipeline resumed" in caplog.text
