@@ -108,16 +108,21 @@ class _FusedPolicyLoss(torch.autograd.Function):
         outputs = ((row_scale * stats.loss_sum).sum(), (row_scale * stats.pg_sum).sum(),
                    (row_scale * stats.kl_sum).sum(), stats.clipped_low.sum() / tokens,
                    stats.clipped_high.sum() / tokens)
-        ctx.inputs, ctx.terms, ctx.row_scale, ctx.backend = inputs, terms, row_scale, backend
-        ctx.logprobs_dtype = logprobs.dtype
+        # logprobs through save_for_backward: autograd then notices if it is modified in place before backward.
+        ctx.save_for_backward(logprobs)
+        ctx.rest, ctx.terms, ctx.row_scale, ctx.backend = rest, terms, row_scale, backend
         ctx.mark_non_differentiable(*outputs[1:])
         return outputs
 
     @staticmethod
     def backward(ctx, grad_loss: Tensor, *_grad_stats: Tensor):
+        (logprobs,) = ctx.saved_tensors
+        rest = ctx.rest
+        inputs = TokenInputs(logprobs.float().contiguous(), rest.old_logprobs, rest.behaviour_logprobs,
+                             rest.advantages, rest.mask, rest.ref_logprobs)
         scale = (ctx.row_scale * grad_loss).contiguous()                            # [B]
-        grad = _implementation(ctx.backend).token_grads(ctx.inputs, ctx.terms, scale)  # [B, T]
-        return grad.to(ctx.logprobs_dtype), None, None, None, None, None
+        grad = _implementation(ctx.backend).token_grads(inputs, ctx.terms, scale)  # [B, T]
+        return grad.to(logprobs.dtype), None, None, None, None, None
 
 
 def _as_tokens(name: str, value: Tensor | None, like: Tensor) -> Tensor | None:
