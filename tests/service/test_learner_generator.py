@@ -34,7 +34,10 @@ def _start_generator(model: str, tmp: Path) -> tuple[subprocess.Popen, str, Path
             "--server.host", "127.0.0.1", "--server.port", str(port), "--max-model-len", "256",
             "--max-lora-rank", "8", "--keep-versions", "2", "--enforce-eager", "--gpu-memory-utilization", "0.1",
             "--kv-cache-space-gib", "1", "--adapter-dir", str(tmp / "served"), "--server.grace-seconds", "1"]
-    env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "2")}
+    # Not the process-group variables an in-process learner exported (vLLM would read them as its own).
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")}
+    env["OMP_NUM_THREADS"] = os.environ.get("OMP_NUM_THREADS", "2")
     with open(log, "wb") as out:
         proc = subprocess.Popen(args, stdout=out, stderr=subprocess.STDOUT, env=env, cwd=ROOT)
     return proc, f"127.0.0.1:{port}", log

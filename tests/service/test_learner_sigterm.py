@@ -48,7 +48,11 @@ def test_sigterm_checkpoints_and_exits_cleanly(tiny_model_dir, tmp_path):
             "--lora.target-modules", "q_proj", "--lora.target-modules", "v_proj",
             "--source", json.dumps({"type": "push"}), "--server.host", "127.0.0.1", "--server.port", str(port),
             "--server.grace-seconds", "1"]
-    env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "2"),
+    # Without the process-group variables that an in-process learner of an earlier test exported: a
+    # child inheriting them would take itself for a launched rank and reuse the parent's MASTER_PORT.
+    inherited = {k: v for k, v in os.environ.items()
+                 if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")}
+    env = {**inherited, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "2"),
            "TORCH_EXTENSIONS_DIR": os.environ.get("TORCH_EXTENSIONS_DIR", str(ROOT / ".venv" / "torch_extensions"))}
     with open(log, "wb") as out:
         proc = subprocess.Popen(args, stdout=out, stderr=subprocess.STDOUT, env=env, cwd=ROOT)
