@@ -159,9 +159,11 @@ class Generator:
         async with self._adapter_lock:
             if version == self.versions.newest:
                 return LoadResult(version, time.perf_counter() - received_at, self.versions.loaded)
+            marks = [time.perf_counter()]
             try:
                 self._check_new(payload)
                 path = await asyncio.to_thread(write_adapter_dir, payload, self.adapter_dir / f"v{version:010d}")
+                marks.append(time.perf_counter())
                 try:
                     await self.engine.load_adapter(version, path)
                 except Rejected:
@@ -170,18 +172,22 @@ class Generator:
             except Rejected:
                 metrics.ADAPTER_LOADS.labels("rejected").inc()
                 raise
+            marks.append(time.perf_counter())
             self.versions.add(version)
             # vLLM keys cached blocks by adapter too, so this is hygiene rather than correctness: it
             # frees blocks of the old policy at once instead of leaving them to LRU eviction.
             if not await self.engine.reset_prefix_cache():
                 log.debug("prefix cache not reset after v%d: requests are running", version)
             await self._retire()
+            marks.append(time.perf_counter())
         seconds = time.perf_counter() - received_at
         metrics.ADAPTER_LOADS.labels("loaded").inc()
         metrics.ADAPTER_LOAD_TIME.observe(seconds)
         metrics.ADAPTER_BYTES.inc(len(payload.weights))
         metrics.POLICY_VERSION.set(version)
-        log.info("policy v%d serving (%.3f s from first chunk, %d bytes)", version, seconds, len(payload.weights))
+        log.info("policy v%d serving, %.3f s from first chunk: receive+verify %.3f, check+write %.3f, engine load %.3f, "
+                 "reset+retire %.3f (%d bytes)", version, seconds, marks[0] - received_at, marks[1] - marks[0],
+                 marks[2] - marks[1], marks[3] - marks[2], len(payload.weights))
         return LoadResult(version, seconds, self.versions.loaded)
 
     def _check_new(self, payload: AdapterPayload) -> None:
