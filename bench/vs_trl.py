@@ -1,0 +1,181 @@
+"""Head-to-head with TRL's GRPOTrainer on this machine: completion tokens per second and reward per sample.
+
+    python -m bench.vs_trl [--steps 14] [--warmup 3] [--workdir /tmp/rlfleet-bench] [--quick]
+
+Both systems train the same warm-started tiny model (built once in WORKDIR) on the built-in
+`reverse` task, graded by the same reward functions (rlfleet/task_rewards.py, accuracy + 0.5 x
+similarity), with the same prompts per step, group size, max new tokens, learning rate (constant,
+AdamW, grad-clip 1.0), LoRA (rank 16, alpha 32, all seven projections), KL coefficient (k3 in the
+loss), fp32, on 2 threads. rlfleet runs as `rlfleet up` (local processes); TRL runs in this process,
+after rlfleet, so the two never share the cores at the same time. How TRL's defaults were aligned:
+
+- `loss_type="dapo"`: token mean over the batch, rlfleet's `token_mean` (TRL's default too).
+- `epsilon=0.2, epsilon_high=0.28`: rlfleet's clip_low / clip_high (TRL defaults to a symmetric 0.2).
+- `beta=kl_coef`, so TRL loads its reference model exactly as rlfleet's reference service scores one
+  (with beta=0 TRL skips the reference entirely; rlfleet skips it too at kl_coef 0).
+- `bf16=False`, `gradient_checkpointing=False` (TRL's GRPOConfig turns both on by default).
+- `use_vllm=False`: TRL's vLLM modes need CUDA (colocate uses vLLM's GPU memory split and
+  `torch.distributed` over NCCL; server mode needs `trl vllm-serve` on a GPU); on the CPU TRL's
+  supported path is `transformers.generate`. That difference is what the architecture buys.
+- `scale_rewards="group"`, `num_iterations=1`, temperature 1.0, top-p 1.0, chat-template prompts.
+
+A step's time is the wall time between consecutive step ends (generation included, whether or not
+it overlaps training); the first `--warmup` steps are excluded. Reward is the mean over the last
+steps of the same number of samples.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from bench.common import StepRecord, Throughput, UpRun, markdown_table, read_learner_steps, run_up, throughput
+
+LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+
+
+@dataclass(frozen=True)
+class Shared:
+    """What both systems get identically."""
+
+    steps: int
+    prompts_per_batch: int = 8
+    group_size: int = 8
+    max_tokens: int = 12
+    lr: float = 2e-3
+    lora_rank: int = 16
+    kl_coef: float = 0.005
+    seed: int = 0
+
+
+def _content(completions: list) -> list[str]:
+    # TRL hands chat-template prompts' completions over as [{"role": "assistant", "content": ...}].
+    return [c[0]["content"] if isinstance(c, list) else c for c in completions]
+
+
+def trl_rewards() -> list:
+    """The task's reward functions, unchanged, behind the chat-completion unwrapping TRL needs."""
+    from rlfleet.task_rewards import accuracy, similarity
+
+    def reverse_accuracy(prompts, completions, answer, **columns):
+        return accuracy(prompts, _content(completions), answer)
+
+    def reverse_similarity(prompts, completions, answer, **columns):
+        return similarity(prompts, _content(completions), answer)
+
+    return [reverse_accuracy, reverse_similarity]
+
+
+def trl_dataset(seed: int):
+    """The pipeline's own training split (same loader, same held-out fraction), as chat prompts."""
+    from datasets import Dataset
+
+    from learner.pipeline.dataset import load_rows
+
+    rows, _ = load_rows("builtin:reverse", "prompt", "answer", 0.1, seed)
+    return Dataset.from_list([{"prompt": [{"role": "user", "content": r.prompt}], "answer": r.answer}
+                              for r in rows])
+
+
+def run_trl(model: Path, shared: Shared, out_dir: Path) -> list[StepRecord]:
+    """Trains with TRL's GRPOTrainer; returns one record per step from a callback."""
+    import torch
+    from peft import LoraConfig
+    from transformers import TrainerCallback
+    from trl import GRPOConfig, GRPOTrainer
+
+    torch.set_num_threads(2)
+    batch = shared.prompts_per_batch * shared.group_size
+    config = GRPOConfig(
+        output_dir=str(out_dir), max_steps=shared.steps, per_device_train_batch_size=batch,
+        gradient_accumulation_steps=1, num_generations=shared.group_size,
+        max_completion_length=shared.max_tokens, learning_rate=shared.lr, lr_scheduler_type="constant",
+        warmup_steps=0, weight_decay=0.0, max_grad_norm=1.0, beta=shared.kl_coef, loss_type="dapo",
+        epsilon=0.2, epsilon_high=0.28, scale_rewards="group", num_iterations=1, temperature=1.0, top_p=1.0,
+        bf16=False, fp16=False, gradient_checkpointing=False, use_cpu=True, use_vllm=False,
+        reward_weights=[1.0, 0.5], logging_steps=1, save_strategy="no", report_to=[], seed=shared.seed,
+        model_init_kwargs={"dtype": torch.float32}, dataloader_num_workers=0, disable_dropout=True)
+    lora = LoraConfig(r=shared.lora_rank, lora_alpha=2.0 * shared.lora_rank, lora_dropout=0.0,
+                      target_modules=LORA_TARGETS, task_type="CAUSAL_LM")
+    records: list[StepRecord] = []
+
+    class StepTimer(TrainerCallback):
+        def on_step_begin(self, args, state, control, **kwargs):
+            self.begin = time.time()
+
+        def on_step_end(self, args, state, control, **kwargs):
+            self.end = time.time()
+
+        def on_log(self, args, state, control, logs=None, **kwargs):
+            if logs and "reward" in logs:
+                tokens = logs["completions/mean_length"] * batch
+                records.append(StepRecord(self.end, self.end - self.begin, 0.0, batch, tokens, logs["reward"]))
+
+    trainer = GRPOTrainer(model=str(model), reward_funcs=trl_rewards(), args=config,
+                          train_dataset=trl_dataset(shared.seed), peft_config=lora, callbacks=[StepTimer()])
+    trainer.train()
+    return records
+
+
+def run_rlfleet(model: Path, shared: Shared, run_dir: Path, max_staleness: int) -> list[StepRecord]:
+    """Trains with `rlfleet up` (local topology: one generator, reward, reference, learner)."""
+    run_up(UpRun(model=str(model), run_dir=run_dir, steps=shared.steps, max_staleness=max_staleness,
+                 group_size=shared.group_size, prompts_per_batch=shared.prompts_per_batch,
+                 max_tokens=shared.max_tokens, lr=shared.lr, lora_rank=shared.lora_rank,
+                 kl_coef=shared.kl_coef, seed=shared.seed))
+    return read_learner_steps(run_dir)
+
+
+def report(results: dict[str, Throughput], shared: Shared, warmup: int, max_staleness: int) -> str:
+    """The markdown section: one row per system and the ratio row."""
+    rows = [[name, f"{t.median_step_seconds:.2f}", f"{t.tokens_per_second:.1f}", f"{t.samples_per_second:.1f}",
+             f"{t.reward_mean:.3f}", str(t.samples_seen)] for name, t in results.items()]
+    ours, theirs = results["rlfleet up"], results["TRL GRPOTrainer"]
+    rows.append(["**ratio rlfleet / TRL**", f"{ours.median_step_seconds / theirs.median_step_seconds:.2f}",
+                 f"**{ours.tokens_per_second / theirs.tokens_per_second:.2f}x**",
+                 f"{ours.samples_per_second / theirs.samples_per_second:.2f}x",
+                 f"{ours.reward_mean - theirs.reward_mean:+.3f}", ""])
+    table = markdown_table(["system", "median step s", "completion tok/s", "samples/s",
+                            "reward (last steps)", "samples"], rows)
+    return (f"{shared.steps} steps of {shared.prompts_per_batch} prompts x {shared.group_size} completions, "
+            f"max {shared.max_tokens} new tokens, lr {shared.lr}, LoRA r{shared.lora_rank}, KL {shared.kl_coef}; "
+            f"first {warmup} steps excluded; rlfleet max_staleness {max_staleness}. "
+            f"Target: >= 2x TRL's completion tok/s at equal or better reward.\n\n{table}\n")
+
+
+def run(workdir: Path, steps: int, warmup: int, max_staleness: int = 1, reuse: Path | None = None) -> str:
+    """Both systems, one after the other; `reuse` is a finished `rlfleet up` run with these exact settings
+    (`python -m bench` passes overlap.py's run at the same max_staleness instead of training twice)."""
+    from bench.common import warm_model
+
+    shared = Shared(steps=steps)
+    model = warm_model(workdir)
+    ours = (read_learner_steps(reuse) if reuse is not None
+            else run_rlfleet(model, shared, workdir / "vs_trl" / "rlfleet", max_staleness))
+    results = {"rlfleet up": ours,
+               "TRL GRPOTrainer": run_trl(model, shared, workdir / "vs_trl" / "trl")}
+    reward_steps = max(1, (steps - warmup) // 2)
+    stats = {name: throughput(records, warmup, reward_steps) for name, records in results.items()}
+    (workdir / "vs_trl").mkdir(parents=True, exist_ok=True)
+    (workdir / "vs_trl" / "results.json").write_text(json.dumps({k: asdict(v) for k, v in stats.items()}, indent=1))
+    return report(stats, shared, warmup, max_staleness)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.vs_trl", description=__doc__.splitlines()[0])
+    parser.add_argument("--steps", type=int, default=14, help="training steps per system")
+    parser.add_argument("--warmup", type=int, default=3, help="first steps excluded from the timing")
+    parser.add_argument("--max-staleness", type=int, default=1, help="rlfleet's max_staleness")
+    parser.add_argument("--workdir", type=Path, default=Path("/tmp/rlfleet-bench"))
+    parser.add_argument("--quick", action="store_true", help="smoke run: 5 steps, 1 warm-up step")
+    args = parser.parse_args(argv)
+    steps, warmup = (5, 1) if args.quick else (args.steps, args.warmup)
+    print(run(args.workdir, steps, warmup, args.max_staleness))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
