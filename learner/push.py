@@ -81,20 +81,35 @@ class AdapterPusher:
         self.client = client
         self.acked: dict[str, int] = {}
         self._inflight: dict[str, asyncio.Task] = {}
+        self._latest: dict[str, AdapterPayload] = {}   # newest version each target should get
         self._channels: dict[str, object] = {}
 
     async def push(self, payload: AdapterPayload) -> list[PushOutcome]:
-        """Starts a push of `payload` to every generator not busy with an older push; waits for those."""
+        """Pushes `payload` to every generator; waits for the pushes this call started.
+
+        A generator still busy with an older push gets this version as soon as that push ends
+        (only the newest waiting version is kept), so the final version always reaches it.
+        """
         targets = await asyncio.to_thread(resolve_targets, self.settings.generators)
         started = []
         for target in targets:
+            self._latest[target] = payload
             if target in self._inflight and not self._inflight[target].done():
-                metrics.PUSHES.labels("skipped_busy").inc()
+                metrics.PUSHES.labels("queued_behind_older").inc()
                 continue
-            task = asyncio.ensure_future(self._push_one(target, payload))
+            task = asyncio.ensure_future(self._push_latest(target))
             self._inflight[target] = task
             started.append(task)
-        return list(await asyncio.gather(*started))
+        return [outcome for outcomes in await asyncio.gather(*started) for outcome in outcomes]
+
+    async def _push_latest(self, target: str) -> list[PushOutcome]:
+        """Pushes the newest payload for `target` until no newer one arrived meanwhile."""
+        outcomes = []
+        while True:
+            payload = self._latest[target]
+            outcomes.append(await self._push_one(target, payload))
+            if self._latest[target] is payload:
+                return outcomes
 
     async def _push_one(self, target: str, payload: AdapterPayload) -> PushOutcome:
         start = time.perf_counter()
