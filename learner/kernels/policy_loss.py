@@ -2,7 +2,9 @@
 
 Per token (all [B, T]), with r = exp(lp - old):
     tis = min(exp(old - behaviour), tis_cap)            (1 without a cap; a constant, not differentiated)
-    pg  = -min(r * A, clamp(r, 1 - clip_low, 1 + clip_high) * A) * tis     (Schulman et al. 2017; DAPO clip-higher)
+    pg  = -min(r * A, clamp(r, 1 - clip_low, 1 + clip_high) * A)          (Schulman et al. 2017; DAPO clip-higher)
+    pg  = min(pg, dual_clip * |A|) where A < 0, with dual_clip set         (Ye et al. 2020, dual-clip PPO)
+    pg  = pg * tis
     kl  = exp(ref - lp) - (ref - lp) - 1                (k3 estimator, Schulman 2020 "Approximating KL divergence")
     per_token = pg + kl_coef * kl
 A kernel reduces [B, T] to masked per-sequence sums (`RowStats`); the loss is sum_b row_scale[b] * those
@@ -41,6 +43,7 @@ class FusedLossOutput:
     kl: Tensor              # [] k3 KL to the reference, same aggregation (0 without ref_logprobs)
     clip_frac_low: Tensor   # [] masked tokens with the low clip active (ratio < 1 - clip_low, A < 0) / N_tok
     clip_frac_high: Tensor  # [] masked tokens with the high clip active (ratio > 1 + clip_high, A > 0) / N_tok
+    dual_clip_frac: Tensor  # [] masked tokens with the dual clip active (ratio > dual_clip, A < 0) / N_tok
 
 
 @dataclass(frozen=True)
@@ -107,7 +110,7 @@ class _FusedPolicyLoss(torch.autograd.Function):
         tokens = _tokens(stats, norm)
         outputs = ((row_scale * stats.loss_sum).sum(), (row_scale * stats.pg_sum).sum(),
                    (row_scale * stats.kl_sum).sum(), stats.clipped_low.sum() / tokens,
-                   stats.clipped_high.sum() / tokens)
+                   stats.clipped_high.sum() / tokens, stats.dual_clipped.sum() / tokens)
         # logprobs through save_for_backward: autograd then notices if it is modified in place before backward.
         ctx.save_for_backward(logprobs)
         ctx.rest, ctx.terms, ctx.row_scale, ctx.backend = rest, terms, row_scale, backend
@@ -145,6 +148,8 @@ def _check_terms(logprobs: Tensor, terms: LossTerms, aggregation: str, norm: Nor
     if not 0.0 <= terms.clip_low < 1.0 or terms.clip_high < 0.0:
         raise ValueError(f"clip_low, clip_high: need 0 <= clip_low < 1 and clip_high >= 0, "
                          f"got {terms.clip_low}, {terms.clip_high}")
+    if terms.dual_clip is not None and terms.dual_clip <= 1.0:
+        raise ValueError(f"dual_clip: must be > 1 when given, got {terms.dual_clip}")
     if terms.tis_cap is not None and (terms.tis_cap <= 0 or behaviour is None):
         raise ValueError("tis_cap: must be > 0 and needs behaviour_logprobs")
     if terms.kl_coef < 0 or (terms.kl_coef > 0 and ref is None):
@@ -161,7 +166,7 @@ def _check_terms(logprobs: Tensor, terms: LossTerms, aggregation: str, norm: Nor
 def fused_policy_loss(logprobs: Tensor, old_logprobs: Tensor, behaviour_logprobs: Tensor | None,
                       advantages: Tensor, mask: Tensor, ref_logprobs: Tensor | None = None, *,
                       clip_low: float, clip_high: float, tis_cap: float | None, kl_coef: float,
-                      aggregation: Aggregation, num_tokens: float | None = None,
+                      aggregation: Aggregation, dual_clip: float | None = None, num_tokens: float | None = None,
                       num_sequences: float | None = None, seq_sum_normaliser: float | None = None,
                       backend: Backend = "auto") -> FusedLossOutput:
     """PPO-clip + TIS + k3 KL loss over [B, T] log-probs (see the module docstring for the math).
@@ -170,7 +175,7 @@ def fused_policy_loss(logprobs: Tensor, old_logprobs: Tensor, behaviour_logprobs
     [B, T] or [B], mask [B, T] float. behaviour_logprobs may be None when tis_cap is None. Masked
     positions contribute nothing, even when they hold inf or NaN.
     """
-    terms = LossTerms(clip_low, clip_high, tis_cap, kl_coef)
+    terms = LossTerms(clip_low, clip_high, tis_cap, dual_clip, kl_coef)
     norm = Normalisers(num_tokens, num_sequences, seq_sum_normaliser)
     _check_terms(logprobs, terms, aggregation, norm, behaviour_logprobs, ref_logprobs)
     rest = TokenInputs(
@@ -182,5 +187,4 @@ def fused_policy_loss(logprobs: Tensor, old_logprobs: Tensor, behaviour_logprobs
         ref_logprobs=_as_tokens("ref_logprobs", ref_logprobs, logprobs),
     )
     resolved = resolve_backend(backend, logprobs.device)
-    loss, pg_loss, kl, low, high = _FusedPolicyLoss.apply(logprobs, rest, terms, aggregation, norm, resolved)
-    return FusedLossOutput(loss, pg_loss, kl, low, high)
+    return FusedLossOutput(*_FusedPolicyLoss.apply(logprobs, rest, terms, aggregation, norm, resolved))

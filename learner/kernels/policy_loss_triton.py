@@ -1,6 +1,6 @@
 """Triton twin of the fused policy-loss kernels (CUDA; on the CPU only under TRITON_INTERPRET=1).
 
-Forward: one program per sequence streams its T tokens once and writes six masked sums (`RowStats`).
+Forward: one program per sequence streams its T tokens once and writes seven masked sums (`RowStats`).
 Backward: one program per (sequence, token block) recomputes the per-token terms and writes
 d loss / d logprobs. Nothing [B, T]-sized is kept between the two besides the inputs themselves.
 """
@@ -14,43 +14,50 @@ from torch import Tensor
 
 from learner.kernels.policy_loss_types import LossTerms, RowStats, TokenInputs
 
-_STATS = 6  # fields of RowStats, in declaration order
+_STATS = 7  # fields of RowStats, in declaration order
 
 
 @triton.jit
 def _token_terms(lp_ptr, old_ptr, beh_ptr, adv_ptr, mask_ptr, ref_ptr, offs, ok, clip_low, clip_high, tis_cap,
-                 HAS_TIS: tl.constexpr, HAS_REF: tl.constexpr):
-    """Loads one token block and returns mask, advantages, ratio, tis, pg, kl, "unclipped chosen", lp, ref."""
+                 dual_clip, HAS_TIS: tl.constexpr, HAS_REF: tl.constexpr, HAS_DUAL: tl.constexpr):
+    """Loads one token block and returns mask, advantages, ratio, tis, pg, kl, "pg depends on lp", lp, ref."""
     mask = tl.load(mask_ptr + offs, mask=ok, other=0.0)
-    live = mask != 0.0
-    # Dead tokens read as 0: padding may hold inf/NaN, and 0 * inf is NaN.
-    lp = tl.where(live, tl.load(lp_ptr + offs, mask=ok, other=0.0), 0.0)
-    old = tl.where(live, tl.load(old_ptr + offs, mask=ok, other=0.0), 0.0)
-    adv = tl.where(live, tl.load(adv_ptr + offs, mask=ok, other=0.0), 0.0)
+    trained = mask != 0.0
+    # Untrained tokens read as 0: padding may hold inf/NaN, and 0 * inf is NaN.
+    lp = tl.where(trained, tl.load(lp_ptr + offs, mask=ok, other=0.0), 0.0)
+    old = tl.where(trained, tl.load(old_ptr + offs, mask=ok, other=0.0), 0.0)
+    adv = tl.where(trained, tl.load(adv_ptr + offs, mask=ok, other=0.0), 0.0)
     ratio = tl.exp(lp - old)
     clipped = tl.minimum(tl.maximum(ratio, 1.0 - clip_low), 1.0 + clip_high)
     if HAS_TIS:
-        beh = tl.where(live, tl.load(beh_ptr + offs, mask=ok, other=0.0), 0.0)
+        beh = tl.where(trained, tl.load(beh_ptr + offs, mask=ok, other=0.0), 0.0)
         tis = tl.minimum(tl.exp(old - beh), tis_cap)
     else:
         tis = tl.full(ratio.shape, 1.0, tl.float32)
     surrogate = ratio * adv
     clipped_surrogate = clipped * adv
-    pg = -tl.minimum(surrogate, clipped_surrogate) * tis
+    pg = -tl.minimum(surrogate, clipped_surrogate)
+    live = surrogate <= clipped_surrogate
+    if HAS_DUAL:
+        cap = -adv * dual_clip
+        capped = (adv < 0.0) & (pg > cap)
+        pg = tl.where(capped, cap, pg)
+        live = live & (capped == 0)
+    pg = pg * tis
     if HAS_REF:
-        ref = tl.where(live, tl.load(ref_ptr + offs, mask=ok, other=0.0), 0.0)
+        ref = tl.where(trained, tl.load(ref_ptr + offs, mask=ok, other=0.0), 0.0)
         kl = tl.exp(ref - lp) - (ref - lp) - 1.0
     else:
         ref = lp
         kl = tl.zeros(ratio.shape, tl.float32)
-    return mask, adv, ratio, tis, pg, kl, surrogate <= clipped_surrogate, lp, ref
+    return mask, adv, ratio, tis, pg, kl, live, lp, ref
 
 
 @triton.jit
 def _row_stats_kernel(lp_ptr, old_ptr, beh_ptr, adv_ptr, mask_ptr, ref_ptr, out_ptr, B, T,
-                      clip_low, clip_high, tis_cap, kl_coef,
-                      HAS_TIS: tl.constexpr, HAS_REF: tl.constexpr, BLOCK_T: tl.constexpr):
-    """Six masked sums of one sequence -> out[:, row] (RowStats field order)."""
+                      clip_low, clip_high, tis_cap, dual_clip, kl_coef,
+                      HAS_TIS: tl.constexpr, HAS_REF: tl.constexpr, HAS_DUAL: tl.constexpr, BLOCK_T: tl.constexpr):
+    """Seven masked sums of one sequence -> out[:, row] (RowStats field order)."""
     row = tl.program_id(0)
     acc_loss = tl.zeros([BLOCK_T], tl.float32)
     acc_pg = tl.zeros([BLOCK_T], tl.float32)
@@ -58,40 +65,44 @@ def _row_stats_kernel(lp_ptr, old_ptr, beh_ptr, adv_ptr, mask_ptr, ref_ptr, out_
     acc_mask = tl.zeros([BLOCK_T], tl.float32)
     acc_low = tl.zeros([BLOCK_T], tl.float32)
     acc_high = tl.zeros([BLOCK_T], tl.float32)
+    acc_dual = tl.zeros([BLOCK_T], tl.float32)
     for t0 in range(0, T, BLOCK_T):
         ts = t0 + tl.arange(0, BLOCK_T)
         ok = ts < T
-        mask, adv, ratio, tis, pg, kl, _unclipped, _lp, _ref = _token_terms(
+        mask, adv, ratio, tis, pg, kl, _live, _lp, _ref = _token_terms(
             lp_ptr, old_ptr, beh_ptr, adv_ptr, mask_ptr, ref_ptr, row.to(tl.int64) * T + ts, ok,
-            clip_low, clip_high, tis_cap, HAS_TIS, HAS_REF)
+            clip_low, clip_high, tis_cap, dual_clip, HAS_TIS, HAS_REF, HAS_DUAL)
         acc_loss += (pg + kl_coef * kl) * mask
         acc_pg += pg * mask
         acc_kl += kl * mask
         acc_mask += mask
         acc_low += tl.where((ratio < 1.0 - clip_low) & (adv < 0.0), mask, 0.0)
         acc_high += tl.where((ratio > 1.0 + clip_high) & (adv > 0.0), mask, 0.0)
+        if HAS_DUAL:
+            acc_dual += tl.where((ratio > dual_clip) & (adv < 0.0), mask, 0.0)
     tl.store(out_ptr + 0 * B + row, tl.sum(acc_loss, axis=0))
     tl.store(out_ptr + 1 * B + row, tl.sum(acc_pg, axis=0))
     tl.store(out_ptr + 2 * B + row, tl.sum(acc_kl, axis=0))
     tl.store(out_ptr + 3 * B + row, tl.sum(acc_mask, axis=0))
     tl.store(out_ptr + 4 * B + row, tl.sum(acc_low, axis=0))
     tl.store(out_ptr + 5 * B + row, tl.sum(acc_high, axis=0))
+    tl.store(out_ptr + 6 * B + row, tl.sum(acc_dual, axis=0))
 
 
 @triton.jit
 def _token_grads_kernel(lp_ptr, old_ptr, beh_ptr, adv_ptr, mask_ptr, ref_ptr, scale_ptr, grad_ptr, T,
-                        clip_low, clip_high, tis_cap, kl_coef,
-                        HAS_TIS: tl.constexpr, HAS_REF: tl.constexpr, BLOCK_T: tl.constexpr):
+                        clip_low, clip_high, tis_cap, dual_clip, kl_coef,
+                        HAS_TIS: tl.constexpr, HAS_REF: tl.constexpr, HAS_DUAL: tl.constexpr, BLOCK_T: tl.constexpr):
     """grad[row, block] = row_scale[row] * mask * d per_token / d lp."""
     row = tl.program_id(0)
     ts = tl.program_id(1) * BLOCK_T + tl.arange(0, BLOCK_T)
     ok = ts < T
     offs = row.to(tl.int64) * T + ts
-    mask, adv, ratio, tis, _pg, _kl, unclipped, lp, ref = _token_terms(
-        lp_ptr, old_ptr, beh_ptr, adv_ptr, mask_ptr, ref_ptr, offs, ok, clip_low, clip_high, tis_cap,
-        HAS_TIS, HAS_REF)
-    # The clipped branch is constant in lp wherever min() picks it; at a tie both slopes agree.
-    d_token = tl.where(unclipped, -adv * ratio * tis, 0.0)
+    mask, adv, ratio, tis, _pg, _kl, live, lp, ref = _token_terms(
+        lp_ptr, old_ptr, beh_ptr, adv_ptr, mask_ptr, ref_ptr, offs, ok, clip_low, clip_high, tis_cap, dual_clip,
+        HAS_TIS, HAS_REF, HAS_DUAL)
+    # The clipped and dual-capped branches are constant in lp; at a tie of min() both slopes agree.
+    d_token = tl.where(live, -adv * ratio * tis, 0.0)
     if HAS_REF:
         d_token += kl_coef * (1.0 - tl.exp(ref - lp))
     scale = tl.load(scale_ptr + row)
@@ -108,18 +119,19 @@ def _launch_args(x: TokenInputs, terms: LossTerms) -> tuple[list, dict]:
     # Absent tensors are never read (constexpr flags); any valid pointer fills their slot.
     tensors = [x.logprobs, x.old_logprobs, x.behaviour_logprobs if has_tis else x.logprobs, x.advantages,
                x.mask, x.ref_logprobs if has_ref else x.logprobs]
-    flags = dict(HAS_TIS=has_tis, HAS_REF=has_ref, BLOCK_T=_block_t(x.logprobs.shape[1]))
+    flags = dict(HAS_TIS=has_tis, HAS_REF=has_ref, HAS_DUAL=terms.dual_clip is not None,
+                 BLOCK_T=_block_t(x.logprobs.shape[1]))
     return tensors, flags
 
 
 def row_stats(x: TokenInputs, terms: LossTerms) -> RowStats:
     """Masked per-sequence sums of the per-token loss, its pg and kl parts and the clip indicators ([B] each)."""
     b, t = x.logprobs.shape
-    out = torch.zeros((_STATS, b), dtype=torch.float32, device=x.logprobs.device)   # [6, B]
+    out = torch.zeros((_STATS, b), dtype=torch.float32, device=x.logprobs.device)   # [7, B]
     if b and t:
         tensors, flags = _launch_args(x, terms)
-        _row_stats_kernel[(b,)](*tensors, out, b, t, terms.clip_low, terms.clip_high,
-                                terms.tis_cap or 1.0, terms.kl_coef, **flags)
+        _row_stats_kernel[(b,)](*tensors, out, b, t, terms.clip_low, terms.clip_high, terms.tis_cap or 1.0,
+                                terms.dual_clip or 1.0, terms.kl_coef, **flags)
     return RowStats(*out.unbind(0))
 
 
@@ -131,5 +143,5 @@ def token_grads(x: TokenInputs, terms: LossTerms, row_scale: Tensor) -> Tensor:
         tensors, flags = _launch_args(x, terms)
         _token_grads_kernel[(b, triton.cdiv(t, flags["BLOCK_T"]))](
             *tensors, row_scale, grad, t, terms.clip_low, terms.clip_high, terms.tis_cap or 1.0,
-            terms.kl_coef, **flags)
+            terms.dual_clip or 1.0, terms.kl_coef, **flags)
     return grad

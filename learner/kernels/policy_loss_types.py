@@ -14,6 +14,7 @@ class LossTerms:
     clip_low: float          # ratio below 1 - clip_low is clipped (for A < 0)
     clip_high: float         # ratio above 1 + clip_high is clipped (for A > 0); DAPO's clip-higher when larger
     tis_cap: float | None    # cap of exp(old - behaviour); None: no importance-sampling correction
+    dual_clip: float | None  # dual-clip constant c > 1: the loss of A < 0 tokens is capped at c * |A|; None: off
     kl_coef: float           # weight of the k3 KL to the reference policy
 
 
@@ -39,3 +40,4 @@ class RowStats:
     mask_sum: Tensor       # sum_t mask
     clipped_low: Tensor    # sum_t mask where ratio < 1 - clip_low and A < 0
     clipped_high: Tensor   # sum_t mask where ratio > 1 + clip_high and A > 0
+    dual_clipped: Tensor   # sum_t mask where ratio > dual_clip and A < 0 (0 without dual clip)

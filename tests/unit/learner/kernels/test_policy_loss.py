@@ -25,14 +25,18 @@ def _device(backend: str) -> str:
     return "cuda" if backend == "triton" and torch.cuda.is_available() else "cpu"
 
 
-def _reference(lp, old, behaviour, adv, mask, ref, *, tis_cap, kl_coef, aggregation, seq_sum_normaliser=None):
+def _reference(lp, old, behaviour, adv, mask, ref, *, tis_cap, kl_coef, aggregation, dual_clip=None,
+               seq_sum_normaliser=None):
     """float64 loss, stats and d loss / d lp, straight from the formulas of the issue."""
     lp = lp.double().detach().requires_grad_()
     old, behaviour, adv, mask = old.double(), behaviour.double(), adv.double(), mask.double()
     ratio = torch.exp(lp - old)
     tis = torch.exp(old - behaviour).clamp(max=tis_cap) if tis_cap is not None else torch.ones_like(ratio)
     clipped = ratio.clamp(1 - TERMS["clip_low"], 1 + TERMS["clip_high"])
-    pg = -torch.minimum(ratio * adv, clipped * adv) * tis
+    pg = -torch.minimum(ratio * adv, clipped * adv)
+    if dual_clip is not None:
+        pg = torch.where(adv < 0, torch.minimum(pg, -adv * dual_clip), pg)
+    pg = pg * tis
     kl = torch.zeros_like(pg) if ref is None else torch.exp(ref.double() - lp) - (ref.double() - lp) - 1
     tokens = mask.sum().clamp(min=1)
     sequences = (mask.sum(1) > 0).sum().clamp(min=1)
@@ -48,7 +52,9 @@ def _reference(lp, old, behaviour, adv, mask, ref, *, tis_cap, kl_coef, aggregat
     loss.backward()
     low = ((ratio < 1 - TERMS["clip_low"]) & (adv < 0)).double()
     high = ((ratio > 1 + TERMS["clip_high"]) & (adv > 0)).double()
-    stats = (aggregate(pg).detach(), aggregate(kl).detach(), (low * mask).sum() / tokens, (high * mask).sum() / tokens)
+    dual = ((ratio > (dual_clip or math.inf)) & (adv < 0)).double()
+    stats = (aggregate(pg).detach(), aggregate(kl).detach(), (low * mask).sum() / tokens,
+             (high * mask).sum() / tokens, (dual * mask).sum() / tokens)
     return loss.detach(), stats, lp.grad
 
 
@@ -69,23 +75,26 @@ def _batch(b: int, t: int, dtype: torch.dtype, device: str, seed: int = 0):
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("aggregation", AGGREGATIONS)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-@pytest.mark.parametrize("tis_cap,kl_coef,with_ref", [(2.0, 0.1, True), (None, 0.0, False), (None, 0.0, True)])
-def test_matches_float64_reference(backend, aggregation, dtype, tis_cap, kl_coef, with_ref):
+@pytest.mark.parametrize("tis_cap,kl_coef,with_ref,dual_clip", [
+    (2.0, 0.1, True, None), (None, 0.0, False, None), (None, 0.0, True, 1.4), (2.0, 0.1, True, 1.4)])
+def test_matches_float64_reference(backend, aggregation, dtype, tis_cap, kl_coef, with_ref, dual_clip):
     # B = 5, T = 37: T is not a multiple of Triton's token block (64), row 1 has no masked token.
     lp, old, behaviour, adv, mask, ref = _batch(5, 37, dtype, _device(backend))
     ref = ref if with_ref else None
-    knobs = dict(tis_cap=tis_cap, kl_coef=kl_coef, aggregation=aggregation, seq_sum_normaliser=37.0)
+    knobs = dict(tis_cap=tis_cap, kl_coef=kl_coef, aggregation=aggregation, dual_clip=dual_clip,
+                 seq_sum_normaliser=37.0)
     ref_loss, ref_stats, ref_grad = _reference(lp, old, behaviour, adv, mask, ref, **knobs)
     leaf = lp.clone().requires_grad_()
     out = fused_policy_loss(leaf, old, behaviour, adv, mask, ref, **TERMS, **knobs, backend=backend)
     out.loss.backward()
     atol, rtol = TOLERANCES[dtype]["values"]
     torch.testing.assert_close(out.loss.double(), ref_loss, atol=atol, rtol=rtol)
-    stats = (out.pg_loss, out.kl, out.clip_frac_low, out.clip_frac_high)
+    stats = (out.pg_loss, out.kl, out.clip_frac_low, out.clip_frac_high, out.dual_clip_frac)
     for got, want in zip(stats, ref_stats, strict=True):
         assert not got.requires_grad
         torch.testing.assert_close(got.double(), want, atol=atol, rtol=rtol)
     assert ref_stats[2] > 0 and ref_stats[3] > 0                      # both clip bounds were exercised
+    assert (ref_stats[4] > 0) == (dual_clip is not None)              # and the dual clip when on
     atol, rtol = TOLERANCES[dtype]["grad"]
     assert leaf.grad.dtype == dtype
     torch.testing.assert_close(leaf.grad.double(), ref_grad, atol=atol, rtol=rtol)
@@ -108,6 +117,23 @@ def test_ppo_clip_by_hand(backend):
     assert out.loss.item() == pytest.approx(-2.48 / 3, abs=1e-6)
     torch.testing.assert_close(lp.grad.cpu(), torch.tensor([[0.0, 0.0, -2 / 3]]))
     assert out.clip_frac_low.item() == pytest.approx(1 / 3) and out.clip_frac_high.item() == pytest.approx(1 / 3)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_dual_clip_by_hand(backend):
+    # ratio = [1.5, 0.5], A = [-1, -1], dual clip 1.4
+    # t0: -min(-1.5, -1.28) = 1.5 > 1.4 * |A| -> capped at 1.4, no gradient; dual clip fraction 1/2
+    # t1: -min(-0.5, -0.8) = 0.8 (low clip, no gradient) < 1.4: unchanged
+    # token_mean: (1.4 + 0.8) / 2 = 1.1; grad [0, 0]
+    device = _device(backend)
+    lp = torch.tensor([[math.log(1.5), math.log(0.5)]], device=device, requires_grad=True)
+    zeros = torch.zeros(1, 2, device=device)
+    out = fused_policy_loss(lp, zeros, None, torch.full((1, 2), -1.0, device=device), torch.ones(1, 2, device=device),
+                            **TERMS, tis_cap=None, kl_coef=0.0, aggregation="token_mean", dual_clip=1.4,
+                            backend=backend)
+    out.loss.backward()
+    assert out.loss.item() == pytest.approx(1.1, abs=1e-6)
+    assert not lp.grad.any() and out.dual_clip_frac.item() == pytest.approx(0.5)
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
@@ -175,6 +201,7 @@ def test_sequence_advantages_broadcast_over_tokens():
     (dict(aggregation="sum"), "aggregation: must be one of"),
     (dict(clip_low=1.0), "clip_low, clip_high"),
     (dict(num_tokens=0.0), "num_tokens: must be > 0"),
+    (dict(dual_clip=1.0), "dual_clip: must be > 1"),
 ])
 def test_bad_arguments_name_the_argument(change, message):
     lp, old, behaviour, adv, mask, _ref = _batch(2, 5, torch.float32, "cpu")
@@ -192,13 +219,14 @@ def test_shape_mismatch_names_the_tensor():
 
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("aggregation", AGGREGATIONS)
-def test_equals_learner_algos_policy_loss(backend, aggregation):
+@pytest.mark.parametrize("dual_clip", [None, 1.4])
+def test_equals_learner_algos_policy_loss(backend, aggregation, dual_clip):
     # The pure implementation the learner falls back to (PPO-clip, TIS, k3 KL in the loss), in float64.
     from learner.algos import AlgoConfig, PolicyLossInput, policy_loss
 
     lp, old, behaviour, adv, mask, ref = _batch(5, 37, torch.float32, _device(backend), seed=3)
     config = AlgoConfig.model_validate({
-        "policy_loss": {"type": "ppo_clip", **TERMS}, "tis": {"cap": 2.0}, "kl": {"coef": 0.1, "estimator": "k3"},
+        "policy_loss": {"type": "ppo_clip", **TERMS, "dual_clip": dual_clip}, "tis": {"cap": 2.0}, "kl": {"coef": 0.1, "estimator": "k3"},
         "aggregation": aggregation, "seq_sum_normaliser": 37.0})
     pure_lp = lp.double().requires_grad_()
     pure = policy_loss(PolicyLossInput(pure_lp, old.double(), behaviour.double(), adv.double(), mask.double(),
@@ -206,10 +234,10 @@ def test_equals_learner_algos_policy_loss(backend, aggregation):
     pure.loss.backward()
     fused_lp = lp.clone().requires_grad_()
     fused = fused_policy_loss(fused_lp, old, behaviour, adv, mask, ref, **TERMS, tis_cap=2.0, kl_coef=0.1,
-                              aggregation=aggregation, seq_sum_normaliser=37.0, backend=backend)
+                              aggregation=aggregation, dual_clip=dual_clip, seq_sum_normaliser=37.0, backend=backend)
     fused.loss.backward()
     close = dict(atol=1e-6, rtol=1e-5)
     torch.testing.assert_close(fused.loss.double(), pure.loss, **close)
     torch.testing.assert_close(fused_lp.grad.double(), pure_lp.grad, atol=1e-7, rtol=1e-5)
-    for name in ("pg_loss", "kl", "clip_frac_low", "clip_frac_high"):
+    for name in ("pg_loss", "kl", "clip_frac_low", "clip_frac_high", "dual_clip_frac"):
         torch.testing.assert_close(getattr(fused, name).double(), getattr(pure.stats, name).double(), **close)
