@@ -1,8 +1,9 @@
 """Weight push: serialise the adapter once per version, stream it concurrently to every generator.
 
 A generator that fails or is slow neither blocks the others nor the training step: each push runs
-as its own task with a deadline; a generator whose previous push is still in flight skips a version
-and gets a newer one later (or fetches the newest itself through GetPolicy). Every push carries the
+as its own task with a deadline; a generator whose previous push is still in flight skips the
+versions produced meanwhile and gets the newest one when that push ends. A failed generator gets
+the next version pushed, or fetches the newest itself through GetPolicy. Every push carries the
 version's `policy_version`, which only grows.
 """
 
@@ -80,36 +81,37 @@ class AdapterPusher:
         self.settings = settings
         self.client = client
         self.acked: dict[str, int] = {}
+        self.latest: AdapterPayload | None = None
         self._inflight: dict[str, asyncio.Task] = {}
         self._latest: dict[str, AdapterPayload] = {}   # newest version each target should get
         self._channels: dict[str, object] = {}
 
     async def push(self, payload: AdapterPayload) -> list[PushOutcome]:
-        """Pushes `payload` to every generator; waits for the pushes this call started.
+        """Makes `payload` the newest version and sends it to every generator not busy with an older push.
 
-        A generator still busy with an older push gets this version as soon as that push ends
-        (only the newest waiting version is kept), so the final version always reaches it.
+        A busy generator gets the newest version as soon as its current push ends (versions in
+        between are skipped), so every reachable generator converges to the newest version. Returns
+        the outcomes of the pushes started here, once they (and their catch-ups) are done.
         """
+        self.latest = payload
         targets = await asyncio.to_thread(resolve_targets, self.settings.generators)
         started = []
         for target in targets:
-            self._latest[target] = payload
             if target in self._inflight and not self._inflight[target].done():
-                metrics.PUSHES.labels("queued_behind_older").inc()
+                metrics.PUSHES.labels("deferred_busy").inc()
                 continue
-            task = asyncio.ensure_future(self._push_latest(target))
+            task = asyncio.ensure_future(self._serve_target(target))
             self._inflight[target] = task
             started.append(task)
-        return [outcome for outcomes in await asyncio.gather(*started) for outcome in outcomes]
+        return list(await asyncio.gather(*started))
 
-    async def _push_latest(self, target: str) -> list[PushOutcome]:
-        """Pushes the newest payload for `target` until no newer one arrived meanwhile."""
-        outcomes = []
+    async def _serve_target(self, target: str) -> PushOutcome:
+        """Pushes the newest version to `target` until it has it (or a push fails)."""
         while True:
-            payload = self._latest[target]
-            outcomes.append(await self._push_one(target, payload))
-            if self._latest[target] is payload:
-                return outcomes
+            payload = self.latest
+            outcome = await self._push_one(target, payload)
+            if not outcome.ok or self.latest.policy_version <= payload.policy_version:
+                return outcome
 
     async def _push_one(self, target: str, payload: AdapterPayload) -> PushOutcome:
         start = time.perf_counter()
