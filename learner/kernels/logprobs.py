@@ -1,14 +1,16 @@
 """Selective log-probs and entropy straight from hidden states, without materialising [N, V] logits.
 
-log p(target) = h . w_target - logsumexp_v(h . w_v). The log-sum-exp streams the vocabulary in
-chunks (online softmax) and its backward recomputes each chunk's softmax instead of keeping it:
-d lse / d h = sum_v softmax_v w_v. Memory is O(N * chunk) instead of O(N * V); the price is one more
-[N, H] x [H, V] matmul in backward. The LM head is frozen under LoRA, so no weight gradient exists.
+log p(target) = h . w_target - logsumexp_v(h . w_v), and d log p / d h = w_target - E_p[w] with
+E_p[w] = sum_v softmax_v w_v. The log-sum-exp streams the vocabulary in chunks (online softmax), so
+memory is O(N * chunk) instead of O(N * V). Where E_p[w] comes from differs by backend:
+- Triton (CUDA) keeps hidden, weight, targets and lse [N] and recomputes each tile's softmax in
+  backward (Wijmans et al. 2024, "Cut Your Losses"): a [BLOCK_N, H] accumulator does not fit registers.
+- The PyTorch twin accumulates E_p[w] during the forward pass and keeps it ([N, H] fp32): two
+  matmuls over the vocabulary in all, like the naive path, instead of three (see logprobs_torch.py).
+Entropy is returned detached. The LM head is frozen under LoRA, so no weight gradient exists.
 """
 
 from __future__ import annotations
-
-from types import ModuleType
 
 import torch
 from torch import Tensor
@@ -16,44 +18,63 @@ from torch import Tensor
 from learner.kernels.backend import Backend, resolve_backend
 
 
-def _implementation(backend: str) -> ModuleType:
-    """The module holding `lse_stats` / `lse_grad` for a resolved backend (Triton imported only when used)."""
-    if backend == "triton":
-        from learner.kernels import logprobs_triton
-
-        return logprobs_triton
-    from learner.kernels import logprobs_torch
-
-    return logprobs_torch
+def _target_logits(hidden: Tensor, weight: Tensor, targets: Tensor) -> Tensor:
+    """h_n . w_target[n] in fp32, [N]; a negative (ignored) target reads row 0 and is masked by the caller."""
+    return torch.linalg.vecdot(hidden.float(), weight[targets.clamp_min(0)].float())
 
 
-class _SelectiveLogprobs(torch.autograd.Function):
-    """Autograd node: saves hidden, weight, targets and lse [N]; backward recomputes the softmax chunk by chunk."""
+class _RecomputedLogprobs(torch.autograd.Function):
+    """Triton: saves hidden, weight, targets and lse [N]; backward recomputes the softmax tile by tile."""
 
     @staticmethod
-    def forward(ctx, hidden: Tensor, weight: Tensor, targets: Tensor, chunk_size: int,
-                with_entropy: bool, backend: str) -> tuple[Tensor, Tensor]:
-        impl = _implementation(backend)
-        lse, entropy = impl.lse_stats(hidden, weight, chunk_size, with_entropy)    # [N], [N] | None
-        valid = targets >= 0                                                       # [N]
-        safe_targets = targets.clamp_min(0)                                         # [N]
-        target_logits = torch.linalg.vecdot(hidden.float(), weight[safe_targets].float())  # [N]
-        logprobs = torch.where(valid, target_logits - lse, 0.0)                    # [N]
+    def forward(ctx, hidden: Tensor, weight: Tensor, targets: Tensor, with_entropy: bool) -> tuple[Tensor, Tensor]:
+        from learner.kernels import logprobs_triton
+
+        lse, entropy = logprobs_triton.lse_stats(hidden, weight, with_entropy)     # [N], [N] | None
+        logprobs = torch.where(targets >= 0, _target_logits(hidden, weight, targets) - lse, 0.0)  # [N]
         ctx.save_for_backward(hidden, weight, targets, lse)
-        ctx.chunk_size, ctx.backend = chunk_size, backend
         entropy = entropy if entropy is not None else lse.new_empty(0)
         ctx.mark_non_differentiable(entropy)
         return logprobs, entropy
 
     @staticmethod
     def backward(ctx, grad_logprobs: Tensor, _grad_entropy: Tensor):
+        from learner.kernels import logprobs_triton
+
         hidden, weight, targets, lse = ctx.saved_tensors
-        valid = targets >= 0                                                       # [N]
-        grad_out = torch.where(valid, grad_logprobs.float(), 0.0).contiguous()     # [N]
-        grad = _implementation(ctx.backend).lse_grad(hidden, weight, lse, grad_out, ctx.chunk_size)  # [N, H]
-        # d (h . w_target) / d h = w_target; d lse / d h was accumulated above and enters with a minus.
-        grad = grad_out[:, None] * weight[targets.clamp_min(0)].float() - grad       # [N, H]
-        return grad.to(hidden.dtype), None, None, None, None, None
+        grad_out = torch.where(targets >= 0, grad_logprobs.float(), 0.0).contiguous()  # [N]
+        grad_lse = logprobs_triton.lse_grad(hidden, weight, lse, grad_out)         # [N, H]
+        # d (h . w_target) / d h = w_target; d lse / d h enters with a minus.
+        grad = grad_out[:, None] * weight[targets.clamp_min(0)].float() - grad_lse  # [N, H]
+        return grad.to(hidden.dtype), None, None, None
+
+
+class _StreamedLogprobs(torch.autograd.Function):
+    """PyTorch twin: forward streams the vocabulary once and keeps d logprob / d hidden [N, H]; backward scales it."""
+
+    @staticmethod
+    def forward(ctx, hidden: Tensor, weight: Tensor, targets: Tensor, chunk_size: int,
+                with_entropy: bool) -> tuple[Tensor, Tensor]:
+        from learner.kernels import logprobs_torch
+
+        needs_grad = ctx.needs_input_grad[0]
+        lse, entropy, expected_weight = logprobs_torch.lse_stats(
+            hidden, weight, chunk_size, with_entropy, with_expectation=needs_grad)  # [N], [N] | None, [N, H] | None
+        valid = targets >= 0                                                        # [N]
+        logprobs = torch.where(valid, _target_logits(hidden, weight, targets) - lse, 0.0)  # [N]
+        if needs_grad:
+            # d log p(target) / d h = w_target - E_p[w]; an ignored target has none.
+            jacobian = weight[targets.clamp_min(0)].float().sub_(expected_weight)   # [N, H]
+            ctx.save_for_backward(jacobian.mul_(valid[:, None]))
+            ctx.hidden_dtype = hidden.dtype
+        entropy = entropy if entropy is not None else lse.new_empty(0)
+        ctx.mark_non_differentiable(entropy)
+        return logprobs, entropy
+
+    @staticmethod
+    def backward(ctx, grad_logprobs: Tensor, _grad_entropy: Tensor):
+        (jacobian,) = ctx.saved_tensors
+        return (grad_logprobs.float()[:, None] * jacobian).to(ctx.hidden_dtype), None, None, None, None
 
 
 def _check_inputs(hidden: Tensor, weight: Tensor, targets: Tensor, chunk_size: int) -> None:
@@ -86,5 +107,8 @@ def selective_logprobs(hidden: Tensor, weight: Tensor, targets: Tensor, *, chunk
     _check_inputs(hidden, weight, targets, chunk_size)
     resolved = resolve_backend(backend, hidden.device)
     hidden, weight, targets = hidden.contiguous(), weight.contiguous(), targets.long().contiguous()
-    logprobs, entropy = _SelectiveLogprobs.apply(hidden, weight, targets, chunk_size, return_entropy, resolved)
+    if resolved == "triton":
+        logprobs, entropy = _RecomputedLogprobs.apply(hidden, weight, targets, return_entropy)
+    else:
+        logprobs, entropy = _StreamedLogprobs.apply(hidden, weight, targets, chunk_size, return_entropy)
     return logprobs, (entropy if return_entropy else None)

@@ -126,11 +126,8 @@ def _same_dtype(hidden: Tensor, weight: Tensor) -> Tensor:
     return hidden if hidden.dtype == weight.dtype else hidden.to(weight.dtype).contiguous()
 
 
-def lse_stats(hidden: Tensor, weight: Tensor, chunk_size: int, with_entropy: bool) -> tuple[Tensor, Tensor | None]:
-    """Per-token log-sum-exp of `hidden @ weight.T` (and entropy). hidden [N, H], weight [V, H] -> [N] fp32 each.
-
-    `chunk_size` is the PyTorch twin's knob and is ignored: Triton streams BLOCK_V-wide tiles.
-    """
+def lse_stats(hidden: Tensor, weight: Tensor, with_entropy: bool) -> tuple[Tensor, Tensor | None]:
+    """Per-token log-sum-exp of `hidden @ weight.T` (and entropy). hidden [N, H], weight [V, H] -> [N] fp32 each."""
     n, h = hidden.shape
     v = weight.shape[0]
     if n == 0:
@@ -155,7 +152,7 @@ def lse_stats(hidden: Tensor, weight: Tensor, chunk_size: int, with_entropy: boo
     return lse, entropy
 
 
-def lse_grad(hidden: Tensor, weight: Tensor, lse: Tensor, grad_lse: Tensor, chunk_size: int) -> Tensor:
+def lse_grad(hidden: Tensor, weight: Tensor, lse: Tensor, grad_lse: Tensor) -> Tensor:
     """sum_v softmax_v * grad_lse @ weight_v per row. hidden [N, H], weight [V, H], lse/grad_lse [N] -> [N, H] fp32."""
     n, h = hidden.shape
     v = weight.shape[0]

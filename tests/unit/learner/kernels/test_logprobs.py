@@ -126,10 +126,18 @@ def test_bad_inputs_name_the_argument(change, message):
         selective_logprobs(*change(hidden, weight, targets))
 
 
-def test_backward_keeps_only_hidden_weight_targets_and_lse():
+@pytest.mark.parametrize("backend,kept", [
+    # The PyTorch twin keeps d logprob / d hidden; Triton keeps hidden, weight, targets and lse.
+    ("torch", [(6, 16)]),
+    pytest.param("triton", [(6, 16), (300, 16), (6,), (6,)],
+                 marks=pytest.mark.skipif(not triton_importable(), reason="no triton")),
+])
+def test_backward_keeps_nothing_vocabulary_sized(backend, kept):
     # The point of the kernel: nothing [N, V] survives the forward for backward to use.
-    hidden, weight, targets, _ = _case(6, 16, 300, torch.float32, "cpu")
+    device = _device(backend)
+    hidden, weight, targets, _ = _case(6, 16, 300, torch.float32, device)
     saved: list[tuple[int, ...]] = []
     with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(tuple(t.shape)) or t, lambda t: t):
-        selective_logprobs(hidden.requires_grad_(), weight, targets, chunk_size=64, return_entropy=True)
-    assert sorted(saved) == sorted([(6, 16), (300, 16), (6,), (6,)])
+        selective_logprobs(hidden.requires_grad_(), weight, targets, chunk_size=64, return_entropy=True,
+                           backend=backend)
+    assert sorted(saved) == sorted(kept)
