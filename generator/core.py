@@ -47,14 +47,18 @@ class Generator:
     @classmethod
     async def create(cls, config: GeneratorConfig) -> Generator:
         """Starts the engine named in the config and loads the tokenizer (the slow part of start-up)."""
-        from transformers import AutoTokenizer
+        def read_model_files():   # blocking file reads: kept off the event loop like the engine start
+            from transformers import AutoTokenizer
+
+            model_dir = resolve_model_dir(config.model)
+            tokenizer = AutoTokenizer.from_pretrained(config.tokenizer or config.model)
+            return tokenizer, base_model_id(model_dir), BaseModelShapes.from_dir(model_dir)
 
         engine = await make_engine(config)
-        tokenizer = AutoTokenizer.from_pretrained(config.tokenizer or config.model)
-        model_dir = resolve_model_dir(config.model)
+        tokenizer, model_id, shapes = await asyncio.to_thread(read_model_files)
         adapter_dir = config.adapter_dir or Path(tempfile.mkdtemp(prefix="rlfleet-adapters-"))
         prompts = PromptRenderer(tokenizer, engine.vocab_size, engine.max_model_len)
-        return cls(config, engine, prompts, base_model_id(model_dir), BaseModelShapes.from_dir(model_dir), adapter_dir)
+        return cls(config, engine, prompts, model_id, shapes, adapter_dir)
 
     # -- Generate ----------------------------------------------------------------------------------
 
