@@ -68,7 +68,7 @@ class Trainer:
         result = StepResult()
         filtered = self.filter_groups(batch, result)
         if filtered is None:
-            result.metrics.update(self.batch_stats(batch, None, policy_version))
+            result.metrics.update(self.batch_stats(batch, policy_version))
             return result
         padded = pad_batch(filtered, self.engine.pad_id, self.engine.max_len)
         if self.algo.dapo.overlong_filter:
@@ -87,7 +87,7 @@ class Trainer:
         result.trained_tokens = int(padded.mask.sum())
         result.metrics.update({k: v / max(result.updates, 1) for k, v in totals.items()})
         result.metrics.update(timings)
-        result.metrics.update(self.batch_stats(filtered, padded, policy_version))
+        result.metrics.update(self.batch_stats(filtered, policy_version))
         result.metrics["advantage_mean"], result.metrics["advantage_std"] = _masked_mean_std(advantages, padded.mask)
         return result
 
@@ -201,7 +201,7 @@ class Trainer:
 
     # -- reporting --------------------------------------------------------------------------------
 
-    def batch_stats(self, batch: Batch, padded: PaddedBatch | None, policy_version: int) -> dict[str, float]:
+    def batch_stats(self, batch: Batch, policy_version: int) -> dict[str, float]:
         """Reward (total and per component), response length and staleness of the rollouts consumed."""
         samples = [s for g in batch.groups for s in g.samples]
         rewards = torch.tensor([s.reward for s in samples], dtype=torch.float64)
