@@ -196,7 +196,7 @@ def _teacher_forced_logprobs(model, prompt_ids: list[int], token_ids: list[int])
     return logits.log_softmax(-1).gather(-1, torch.tensor(token_ids)[:, None])[:, 0].tolist()  # [T]
 
 
-def test_groups_of_n_with_logprobs_matching_transformers(gen):
+def test_groups_of_n_with_logprobs_matching_transformers(gen, tmp_path):
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
 
@@ -218,9 +218,7 @@ def test_groups_of_n_with_logprobs_matching_transformers(gen):
     worst_by_policy = {}
     for responses, policy in ((base, model), (adapted, None)):
         if policy is None:  # the same tokens under policy v1 (the adapter the learner served)
-            adapter_dir = Path(gen.model_dir).parent / "v1-check"
-            write_adapter_dir(gen.adapters["a"], adapter_dir)
-            policy = PeftModel.from_pretrained(model, adapter_dir).eval()
+            policy = PeftModel.from_pretrained(model, write_adapter_dir(gen.adapters["a"], tmp_path / "v1")).eval()
         for r in responses:
             assert r.policy_version == (0 if policy is model else 1)
             assert len(r.completions) == (3 if policy is model else 2)
