@@ -54,10 +54,9 @@ class _StreamedLogprobs(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, hidden: Tensor, weight: Tensor, targets: Tensor, chunk_size: int,
-                with_entropy: bool) -> tuple[Tensor, Tensor]:
+                with_entropy: bool, needs_grad: bool) -> tuple[Tensor, Tensor]:
         from learner.kernels import logprobs_torch
 
-        needs_grad = ctx.needs_input_grad[0]
         lse, entropy, expected_weight = logprobs_torch.lse_stats(
             hidden, weight, chunk_size, with_entropy, with_expectation=needs_grad)  # [N], [N] | None, [N, H] | None
         valid = targets >= 0                                                        # [N]
@@ -74,7 +73,7 @@ class _StreamedLogprobs(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_logprobs: Tensor, _grad_entropy: Tensor):
         (jacobian,) = ctx.saved_tensors
-        return (grad_logprobs.float()[:, None] * jacobian).to(ctx.hidden_dtype), None, None, None, None
+        return (grad_logprobs.float()[:, None] * jacobian).to(ctx.hidden_dtype), None, None, None, None, None
 
 
 def _check_inputs(hidden: Tensor, weight: Tensor, targets: Tensor, chunk_size: int) -> None:
@@ -110,5 +109,7 @@ def selective_logprobs(hidden: Tensor, weight: Tensor, targets: Tensor, *, chunk
     if resolved == "triton":
         logprobs, entropy = _RecomputedLogprobs.apply(hidden, weight, targets, return_entropy)
     else:
-        logprobs, entropy = _StreamedLogprobs.apply(hidden, weight, targets, chunk_size, return_entropy)
+        # Decided here: inside forward grad mode is off, and needs_input_grad ignores an outer no_grad().
+        needs_grad = hidden.requires_grad and torch.is_grad_enabled()
+        logprobs, entropy = _StreamedLogprobs.apply(hidden, weight, targets, chunk_size, return_entropy, needs_grad)
     return logprobs, (entropy if return_entropy else None)

@@ -106,11 +106,21 @@ def test_chunk_size_does_not_change_the_result():
     torch.testing.assert_close(small_entropy, whole_entropy)
 
 
-def test_forward_only_under_no_grad_keeps_no_graph():
+def test_forward_only_under_no_grad_skips_the_gradient_matmul(monkeypatch):
+    # Old log-probs are computed under no_grad with LoRA weights that require grad: E_p[w] would be wasted.
+    from learner.kernels import logprobs_torch
+
+    asked: list[bool] = []
+    real = logprobs_torch.lse_stats
+    monkeypatch.setattr(logprobs_torch, "lse_stats",
+                        lambda *args, with_expectation: asked.append(with_expectation) or real(
+                            *args, with_expectation=with_expectation))
     hidden, weight, targets, _ = _case(5, 16, 33, torch.float32, "cpu")
     with torch.no_grad():
         logprobs, _ = selective_logprobs(hidden.requires_grad_(), weight, targets)
+    selective_logprobs(hidden, weight, targets)
     assert logprobs.grad_fn is None and logprobs.shape == (5,)
+    assert asked == [False, True]
 
 
 @pytest.mark.parametrize("change,message", [
