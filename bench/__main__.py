@@ -1,7 +1,7 @@
 """Runs every rlfleet benchmark and writes the tables into bench/README.md: `python -m bench [--quick]`.
 
-Order: overlap (max_staleness 0, 1, 2), the TRL head-to-head (its rlfleet side reuses the
-staleness-1 run: same settings), the gRPC overhead of that run's steps, then the reward-server,
+Order: overlap (max_staleness 0, 1, 2), the TRL head-to-head (its rlfleet rows reuse the overlap
+runs: same settings, so rlfleet trains three times, not four), the gRPC overhead of that run's steps, then the reward-server,
 weight-push, loss-head and reference benchmarks of their own issues, each as a subprocess whose
 printed table is folded in as it is. A benchmark that fails is reported as failed, with the end
 of its output, and the others still run.
@@ -74,7 +74,8 @@ def run_all(workdir: Path, quick: bool) -> dict[str, str]:
         return text
 
     timed("overlap", run_overlap, sections)
-    timed("vs_trl", lambda: vs_trl.run(workdir, steps, warmup, 1, reuse=dirs.get(1)), sections)
+    others = {k: d for k, d in dirs.items() if k != 1}
+    timed("vs_trl", lambda: vs_trl.run(workdir, steps, warmup, 1, reuse=dirs.get(1), also=others), sections)
     timed("overhead", lambda: overhead.run(dirs.get(1), 4.0, 3 if quick else 20, workdir), sections)
     for name, module, full, fast, timeout in PEER_BENCHES:
         timed(name, lambda m=module, a=fast if quick else full, t=timeout: peer_bench(m, a, t), sections)

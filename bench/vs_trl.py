@@ -129,39 +129,49 @@ def run_rlfleet(model: Path, shared: Shared, run_dir: Path, max_staleness: int) 
     return read_learner_steps(run_dir)
 
 
-def report(results: dict[str, Throughput], shared: Shared, warmup: int, max_staleness: int) -> str:
-    """The markdown section: one row per system and the ratio row."""
+def report(results: dict[str, Throughput], shared: Shared, warmup: int) -> str:
+    """The markdown section: one row per system and a ratio row per rlfleet configuration."""
     rows = [[name, f"{t.median_step_seconds:.2f}", f"{t.tokens_per_second:.1f}", f"{t.samples_per_second:.1f}",
              f"{t.reward_mean:.3f}", str(t.samples_seen)] for name, t in results.items()]
-    ours, theirs = results["rlfleet up"], results["TRL GRPOTrainer"]
-    rows.append(["**ratio rlfleet / TRL**", f"{ours.median_step_seconds / theirs.median_step_seconds:.2f}",
-                 f"**{ours.tokens_per_second / theirs.tokens_per_second:.2f}x**",
-                 f"{ours.samples_per_second / theirs.samples_per_second:.2f}x",
-                 f"{ours.reward_mean - theirs.reward_mean:+.3f}", ""])
+    theirs = results[TRL]
+    for name, ours in results.items():
+        if name != TRL:
+            rows.append([f"**ratio {name} / TRL**", f"{ours.median_step_seconds / theirs.median_step_seconds:.2f}",
+                         f"**{ours.tokens_per_second / theirs.tokens_per_second:.2f}x**",
+                         f"{ours.samples_per_second / theirs.samples_per_second:.2f}x",
+                         f"{ours.reward_mean - theirs.reward_mean:+.3f}", ""])
     table = markdown_table(["system", "median step s", "completion tok/s", "samples/s",
                             "reward (last steps)", "samples"], rows)
     return (f"{shared.steps} steps of {shared.prompts_per_batch} prompts x {shared.group_size} completions, "
             f"max {shared.max_tokens} new tokens, lr {shared.lr}, LoRA r{shared.lora_rank}, KL {shared.kl_coef}; "
-            f"first {warmup} steps excluded; rlfleet max_staleness {max_staleness}. "
+            f"first {warmup} steps excluded. "
             f"Target: >= 2x TRL's completion tok/s at equal or better reward.\n\n{table}\n")
 
 
-def run(workdir: Path, steps: int, warmup: int, max_staleness: int = 1, reuse: Path | None = None) -> str:
-    """Both systems, one after the other; `reuse` is a finished `rlfleet up` run with these exact settings
-    (`python -m bench` passes overlap.py's run at the same max_staleness instead of training twice)."""
+TRL = "TRL GRPOTrainer"
+
+
+def run(workdir: Path, steps: int, warmup: int, max_staleness: int = 1, reuse: Path | None = None,
+        also: dict[int, Path] | None = None) -> str:
+    """Both systems, one after the other. `reuse` is a finished `rlfleet up` run with these exact settings
+    at `max_staleness` (`python -m bench` passes overlap.py's run instead of training twice); `also` adds
+    more finished runs by their max_staleness, as extra rows against the same TRL run."""
     from bench.common import warm_model
 
     shared = Shared(steps=steps)
     model = warm_model(workdir)
+    out = workdir / "vs_trl"
     ours = (read_learner_steps(reuse) if reuse is not None
-            else run_rlfleet(model, shared, workdir / "vs_trl" / "rlfleet", max_staleness))
-    results = {"rlfleet up": ours,
-               "TRL GRPOTrainer": run_trl(model, shared, workdir / "vs_trl" / "trl")}
+            else run_rlfleet(model, shared, out / "rlfleet", max_staleness))
+    results = {f"rlfleet up, max_staleness {max_staleness}": ours}
+    results.update({f"rlfleet up, max_staleness {k}": read_learner_steps(d) for k, d in (also or {}).items()})
+    results[TRL] = run_trl(model, shared, out / "trl")
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "trl_steps.json").write_text(json.dumps([asdict(r) for r in results[TRL]], indent=1))
     reward_steps = max(1, (steps - warmup) // 2)
     stats = {name: throughput(records, warmup, reward_steps) for name, records in results.items()}
-    (workdir / "vs_trl").mkdir(parents=True, exist_ok=True)
-    (workdir / "vs_trl" / "results.json").write_text(json.dumps({k: asdict(v) for k, v in stats.items()}, indent=1))
-    return report(stats, shared, warmup, max_staleness)
+    (out / "results.json").write_text(json.dumps({k: asdict(v) for k, v in stats.items()}, indent=1))
+    return report(stats, shared, warmup)
 
 
 def main(argv: list[str] | None = None) -> int:
