@@ -28,13 +28,14 @@ class Generator:
     """Serves rollouts from one engine and keeps its policy versions (LoRA adapters) current."""
 
     def __init__(self, config: GeneratorConfig, engine: Engine, prompts: PromptRenderer, model_id: str,
-                 shapes: BaseModelShapes, adapter_dir: Path):
+                 shapes: BaseModelShapes, adapter_dir: Path, owns_adapter_dir: bool = False):
         self.config = config
         self.engine = engine
         self.prompts = prompts
         self.base_model_id = model_id
         self.shapes = shapes
         self.adapter_dir = adapter_dir
+        self._owns_adapter_dir = owns_adapter_dir   # a temporary folder made for this process: removed at shutdown
         self.versions = PolicyVersions(config.keep_versions)
         self._tokenizer_hash = prompts.tokenizer_hash
         self._in_flight = 0
@@ -58,7 +59,7 @@ class Generator:
         tokenizer, model_id, shapes = await asyncio.to_thread(read_model_files)
         adapter_dir = config.adapter_dir or Path(tempfile.mkdtemp(prefix="rlfleet-adapters-"))
         prompts = PromptRenderer(tokenizer, engine.vocab_size, engine.max_model_len)
-        return cls(config, engine, prompts, model_id, shapes, adapter_dir)
+        return cls(config, engine, prompts, model_id, shapes, adapter_dir, owns_adapter_dir=config.adapter_dir is None)
 
     # -- Generate ----------------------------------------------------------------------------------
 
@@ -233,3 +234,5 @@ class Generator:
 
     def shutdown(self) -> None:
         self.engine.shutdown()
+        if self._owns_adapter_dir:
+            shutil.rmtree(self.adapter_dir, ignore_errors=True)
