@@ -177,6 +177,30 @@ class PolicyEngine:
     def device(self) -> torch.device:
         return self.engine.device
 
+    @property
+    def rank(self) -> int:
+        return torch.distributed.get_rank()
+
+    @property
+    def world_size(self) -> int:
+        return torch.distributed.get_world_size()
+
+    def all_reduce_sum_tensor(self, tensor: Tensor) -> Tensor:
+        """Sum of `tensor` over data-parallel ranks (itself in one process)."""
+        if self.world_size == 1:
+            return tensor
+        summed = tensor.to(self.device)
+        torch.distributed.all_reduce(summed)
+        return summed.to(tensor.device)
+
+    def all_reduce_sum(self, values: dict[str, float]) -> dict[str, float]:
+        """Per-key sums of float stats over ranks (every rank holds the same keys)."""
+        if self.world_size == 1:
+            return dict(values)
+        keys = sorted(values)
+        summed = self.all_reduce_sum_tensor(torch.tensor([values[k] for k in keys], dtype=torch.float64))
+        return dict(zip(keys, summed.tolist(), strict=True))
+
     def logprobs(self, input_ids: Tensor, attention_mask: Tensor, positions: Tensor, targets: Tensor,
                  valid: Tensor, return_entropy: bool = False) -> tuple[Tensor, Tensor | None]:
         """Per-token log-probs [B, T] (0 where not `valid`) of `targets` at hidden `positions`.

@@ -19,6 +19,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import torch
+
 from learner import metrics
 from learner.checkpoint import TrainingState, latest_checkpoint, load_checkpoint, save_checkpoint
 from learner.config import LearnerConfig
@@ -104,7 +106,7 @@ class TrainingLoop:
         wait = time.perf_counter() - start
         self.status.state = "training"
         trained_from = self.status.policy_version
-        result = await asyncio.to_thread(self.trainer.train_step, batch, trained_from)
+        result = await asyncio.to_thread(self._mirrored, "train", batch, trained_from)
         metrics.DROPPED_GROUPS.inc(result.dropped_groups)
         if result.updates == 0:
             log.info("batch %s: every group dropped by dynamic sampling; no update", batch.batch_id)
@@ -140,7 +142,7 @@ class TrainingLoop:
     async def push_weights(self, force: bool = False) -> None:
         """Serialises the adapter once for this version; pushes it in the background when due."""
         self.status.state = "pushing"
-        config_json, tensors = await asyncio.to_thread(self.trainer.engine.adapter_state)
+        config_json, tensors = await asyncio.to_thread(self._mirrored, "adapter")
         self.status.adapter = serialise_adapter(config_json, tensors, self.status.policy_version,
                                                 self.trainer.engine.base_model_id)
         metrics.POLICY_VERSION.set(self.status.policy_version)
@@ -167,8 +169,7 @@ class TrainingLoop:
         if self.status.adapter is None:
             return None
         state = TrainingState(self.status.step, self.status.policy_version, self.source.state_dict())
-        path = save_checkpoint(self.run_dir, self.trainer.engine, state, self.status.adapter,
-                               self.trainer.shuffle, self.config.checkpoint.keep_last)
+        path = self._mirrored("checkpoint", state, self.status.adapter)
         self._last_checkpoint = self.status.step
         metrics.CHECKPOINTS.inc()
         log.info("checkpoint %s", path)
@@ -179,7 +180,7 @@ class TrainingLoop:
         path = latest_checkpoint(self.run_dir)
         if path is None:
             raise FileNotFoundError(f"checkpoint.resume: no checkpoint under {self.run_dir / 'checkpoints'}")
-        state = load_checkpoint(path, self.trainer.engine, self.trainer.shuffle)
+        state = self._mirrored("resume", str(path))
         self.source.load_state_dict(state.source)
         self.status.step = self._last_checkpoint = state.step
         self.status.policy_version = state.policy_version
@@ -196,4 +197,41 @@ class TrainingLoop:
                 await asyncio.to_thread(self.checkpoint)
             await asyncio.to_thread(write_adapter_dir, self.status.adapter, self.run_dir / "adapter")
         await self.pusher.drain(self.config.push.timeout_seconds)
+        await asyncio.to_thread(self._mirrored, "stop")
         self.status.state = "finished"
+
+    def _mirrored(self, command: str, *args):
+        """Runs one collective action here and, under the `deepspeed` launcher, on every other rank."""
+        if self.trainer.engine.world_size > 1:
+            torch.distributed.broadcast_object_list([(command, args)], src=0)
+        return ACTIONS[command](self.trainer, self.config, *args)
+
+
+def _checkpoint(trainer: Trainer, config: LearnerConfig, state: TrainingState, adapter: AdapterPayload | None):
+    return save_checkpoint(Path(config.run_dir), trainer.engine, state, adapter, trainer.shuffle,
+                           config.checkpoint.keep_last)
+
+
+def _resume(trainer: Trainer, config: LearnerConfig, path: str) -> TrainingState:
+    return load_checkpoint(Path(path), trainer.engine, trainer.shuffle)
+
+
+# What every rank does for each step of rank 0's loop (rank 0 calls these too, after broadcasting).
+ACTIONS: dict[str, Callable] = {
+    "train": lambda trainer, config, batch, version: trainer.train_step(batch, version),
+    "adapter": lambda trainer, config: trainer.engine.adapter_state(),
+    "checkpoint": _checkpoint,
+    "resume": _resume,
+    "stop": lambda trainer, config: None,
+}
+
+
+def follow(trainer: Trainer, config: LearnerConfig) -> None:
+    """The loop of ranks > 0: repeat rank 0's collective actions until it stops (blocking)."""
+    while True:
+        message: list = [None]
+        torch.distributed.broadcast_object_list(message, src=0)
+        command, args = message[0]
+        ACTIONS[command](trainer, config, *args)
+        if command == "stop":
+            return

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import signal
 
 from learner.config import LearnerConfig
 from learner.engine import PolicyEngine
-from learner.loop import TrainingLoop, make_source
+from learner.loop import TrainingLoop, follow, make_source
 from learner.push import AdapterPusher
 from learner.queue_source import QueueSource
 from learner.servicer import LearnerServicer
@@ -63,6 +64,11 @@ class LearnerServer:
 
 
 async def serve(config: LearnerConfig) -> int:
+    """Rank 0 serves and drives the loop; other ranks (the `deepspeed` launcher) follow it."""
+    if int(os.environ.get("RANK", "0")) != 0:
+        trainer = Trainer(config, await asyncio.to_thread(PolicyEngine, config))
+        await asyncio.to_thread(follow, trainer, config)
+        return 0
     server = LearnerServer(config)
     await server.start()
     return await server.run()

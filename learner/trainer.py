@@ -155,16 +155,29 @@ class Trainer:
         num_tokens = float(mask.sum())
         num_sequences = float((mask.sum(-1) > 0).sum())
         chunks = micro_batches(rows, padded.input_lengths, self.config.micro_batch_tokens)
+        share = self._my_share(chunks)
         sums: dict[str, float] = defaultdict(float)
-        for i, micro in enumerate(chunks):
-            stats = self._micro_step(prepared, micro, num_tokens, num_sequences, i == len(chunks) - 1)
+        for i, (micro, weight) in enumerate(share):
+            stats = self._micro_step(prepared, micro, num_tokens, num_sequences, weight, i == len(share) - 1)
             for key, value in stats.items():
                 sums[key] += value
+        sums = self.engine.all_reduce_sum(sums)
         sums["micro_batches"] = float(len(chunks))
         return sums
 
+    def _my_share(self, chunks: list[Tensor]) -> list[tuple[Tensor, float]]:
+        """This rank's micro-batches and their weights (data parallel: round-robin over ranks).
+
+        Every rank runs the same number of forwards, because ZeRO-3's are collective: a rank short
+        of work repeats a micro-batch with weight 0. One process gets every chunk with weight 1.
+        """
+        world, rank = self.engine.world_size, self.engine.rank
+        mine = [(chunk, 1.0) for chunk in chunks[rank::world]]
+        mine += [(chunks[0], 0.0)] * (-(-len(chunks) // world) - len(mine))
+        return mine
+
     def _micro_step(self, prepared: Prepared, rows: Tensor, num_tokens: float, num_sequences: float,
-                    last: bool) -> dict[str, float]:
+                    weight: float, last: bool) -> dict[str, float]:
         part = prepared.padded.select(rows)
         width = part.targets.shape[1]
         device = self.engine.device
@@ -177,27 +190,30 @@ class Trainer:
             logprobs=logprobs, old_logprobs=old, behaviour_logprobs=part.behaviour_logprobs.to(device),
             advantages=prepared.advantages[rows][:, :width].to(device), mask=part.mask.to(device),
             ref_logprobs=ref, num_tokens=num_tokens, num_sequences=num_sequences, entropy=entropy), self.algo)
-        self.engine.backward(out.loss, is_last_micro_batch=last)
-        stats = {"loss": float(out.loss.detach())}
+        # DeepSpeed averages gradients over data-parallel ranks; the losses are already normalised by
+        # the whole mini-batch, so each rank's share is scaled back up by the number of ranks.
+        self.engine.backward(out.loss * (weight * self.engine.world_size), is_last_micro_batch=last)
+        stats = {"loss": weight * float(out.loss.detach())}
         for name in ("pg_loss", "kl", "clip_frac_low", "clip_frac_high", "dual_clip_frac", "ratio_mean",
                      "tis_weight_mean", "tis_clip_frac", "entropy"):
             value = getattr(out.stats, name)
             if value is not None:
-                stats[name] = float(value)
+                stats[name] = weight * float(value)
         return stats
 
     def _no_grad_logprobs(self, padded: PaddedBatch) -> Tensor:
         """Log-probs [B, T] of every row under the current forward, in token-budget micro-batches."""
         out = torch.zeros_like(padded.mask)  # [B, T]
         rows = torch.arange(padded.num_rows)
+        chunks = micro_batches(rows, padded.input_lengths, self.config.micro_batch_tokens)
         with torch.no_grad():
-            for micro in micro_batches(rows, padded.input_lengths, self.config.micro_batch_tokens):
+            for micro, weight in self._my_share(chunks):
                 part = padded.select(micro)
-                valid = part.positions.new_ones(part.positions.shape, dtype=torch.bool)
-                valid &= torch.arange(part.targets.shape[1])[None, :] < part.completion_lengths[:, None]
+                valid = torch.arange(part.targets.shape[1])[None, :] < part.completion_lengths[:, None]  # [R, T]
                 lp, _ = self.engine.logprobs(part.input_ids, part.attention_mask, part.positions, part.targets, valid)
-                out[micro, :lp.shape[1]] = lp.cpu()
-        return out
+                if weight:
+                    out[micro, :lp.shape[1]] = lp.cpu()
+        return self.engine.all_reduce_sum_tensor(out)
 
     # -- reporting --------------------------------------------------------------------------------
 
