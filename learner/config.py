@@ -85,6 +85,7 @@ class PushSourceConfig(ConfigModel):
     """Rollouts arrive through the PushRollouts RPC from any external producer."""
 
     type: Literal["push"] = "push"
+    """Selects this source: `push` (the other choice, `pipeline`, generates rollouts in-process)."""
     max_queued_batches: int = Field(8, ge=1)
     """Batches waiting to be trained on; PushRollouts answers RESOURCE_EXHAUSTED beyond it."""
     remembered_batch_ids: int = Field(100_000, ge=1)
@@ -98,8 +99,8 @@ class LearnerConfig(ServiceConfig):
     """`rlfleet learner`: trains a LoRA adapter with DeepSpeed on rollouts and pushes it to the generators."""
 
     section: ClassVar[str] = "learner"
-    model: str = "models/tiny"
-    """Base model: a local Hugging Face folder or a hub name."""
+    model: str = Field(min_length=1)
+    """Base model: a local Hugging Face folder or a hub name (required)."""
     run_dir: Path = Path("runs/learner")
     """Folder of this run: checkpoints/, metrics.jsonl, adapter/ (the final PEFT adapter)."""
     max_steps: int = Field(100, ge=1)

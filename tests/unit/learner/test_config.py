@@ -1,0 +1,39 @@
+"""LearnerConfig: defaults, the source discriminator, flags, and the combinations it refuses."""
+
+from __future__ import annotations
+
+import pytest
+
+from learner.config import LearnerConfig, PushSourceConfig
+from learner.pipeline.config import PipelineConfig
+from rlfleet.config import load_config
+
+
+def test_source_is_picked_by_type_and_defaults_to_the_pipeline():
+    assert isinstance(LearnerConfig(model="m").source, PipelineConfig)
+    config = load_config(LearnerConfig, ["--model", "m", "--source", '{"type": "push", "max_queued_batches": 3}',
+                                         "--deepspeed.zero-stage", "3", "--lora.target-modules", "q_proj"],
+                         environ={})
+    assert isinstance(config.source, PushSourceConfig) and config.source.max_queued_batches == 3
+    assert config.deepspeed.zero_stage == 3 and config.lora.target_modules == ["q_proj"]
+    assert config.updates_per_batch == 1
+
+
+def test_refused_settings_name_the_flag():
+    with pytest.raises(SystemExit, match="--deepspeed.zero-stage"):
+        load_config(LearnerConfig, ["--model", "m", "--deepspeed.zero-stage", "4"], environ={})
+    with pytest.raises(SystemExit, match="--model"):
+        load_config(LearnerConfig, [], environ={})
+    with pytest.raises(SystemExit, match="value head"):
+        load_config(LearnerConfig, ["--model", "m", "--algo.advantage", '{"type": "gae"}'], environ={})
+
+
+def test_every_field_is_documented():
+    def walk(model):
+        for name, info in model.model_fields.items():
+            assert info.description, f"{model.__name__}.{name} has no docstring"
+            sub = info.annotation
+            if isinstance(sub, type) and hasattr(sub, "model_fields"):
+                walk(sub)
+    walk(LearnerConfig)
+    walk(PushSourceConfig)
