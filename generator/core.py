@@ -179,20 +179,17 @@ class Generator:
                 raise
             marks.append(time.perf_counter())
             self.versions.add(version)
-            # vLLM keys cached blocks by adapter too, so this is hygiene rather than correctness: it
-            # frees blocks of the old policy at once instead of leaving them to LRU eviction.
-            if not await self.engine.reset_prefix_cache():
-                log.debug("prefix cache not reset after v%d: requests are running", version)
-            await self._retire()
-            marks.append(time.perf_counter())
+        # The new version serves from here on; the tidy-up runs after the reply, because under load
+        # vLLM handles it between engine steps and it took seconds (it does not change what is served).
+        self._tidy_soon(version)
         seconds = time.perf_counter() - received_at
         metrics.ADAPTER_LOADS.labels("loaded").inc()
         metrics.ADAPTER_LOAD_TIME.observe(seconds)
         metrics.ADAPTER_BYTES.inc(len(payload.weights))
         metrics.POLICY_VERSION.set(version)
-        log.info("policy v%d serving, %.3f s from first chunk: receive+verify %.3f, check+write %.3f, engine load %.3f, "
-                 "reset+retire %.3f (%d bytes)", version, seconds, marks[0] - received_at, marks[1] - marks[0],
-                 marks[2] - marks[1], marks[3] - marks[2], len(payload.weights))
+        log.info("policy v%d serving, %.3f s from first chunk: receive+verify %.3f, check+write %.3f, engine load %.3f "
+                 "(%d bytes)", version, seconds, marks[0] - received_at, marks[1] - marks[0],
+                 marks[2] - marks[1], len(payload.weights))
         return LoadResult(version, seconds, self.versions.loaded)
 
     def _check_new(self, payload: AdapterPayload) -> None:
@@ -209,6 +206,20 @@ class Generator:
             shutil.rmtree(self.adapter_dir / f"v{version:010d}", ignore_errors=True)
             log.info("unloaded policy v%d", version)
         metrics.LOADED_VERSIONS.set(len(self.versions.loaded))
+
+    def _tidy_soon(self, version: int) -> None:
+        """In the background: reset the prefix cache and unload versions no request needs any more."""
+        async def run() -> None:
+            async with self._adapter_lock:
+                # vLLM keys cached blocks by adapter too, so this is hygiene rather than correctness: it
+                # frees blocks of the old policy at once instead of leaving them to LRU eviction.
+                if not await self.engine.reset_prefix_cache():
+                    log.debug("prefix cache not reset after v%d: requests are running", version)
+                await self._retire()
+
+        task = asyncio.ensure_future(run())
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
 
     def _retire_soon(self) -> None:
         async def run() -> None:

@@ -86,6 +86,7 @@ class AdapterAssembler:
         self.header: common_pb2.AdapterHeader | None = None
         self._parts: list[bytes] = []
         self._received = 0
+        self._digest = hashlib.sha256()  # hashed as chunks arrive, overlapping the transfer
 
     def add(self, chunk: common_pb2.AdapterChunk) -> None:
         kind = chunk.WhichOneof("part")
@@ -101,6 +102,7 @@ class AdapterAssembler:
         if self._received > self.header.total_bytes:
             raise InvalidRequest("chunks.data", f"more than header.total_bytes={self.header.total_bytes} bytes sent")
         self._parts.append(chunk.data)
+        self._digest.update(chunk.data)
 
     def _check_header(self, header: common_pb2.AdapterHeader) -> None:
         if header.policy_version < 1:
@@ -123,7 +125,7 @@ class AdapterAssembler:
         weights = b"".join(self._parts)
         if len(weights) != self.header.total_bytes:
             raise InvalidRequest("chunks.data", f"got {len(weights)} bytes, header.total_bytes={self.header.total_bytes}")
-        digest = hashlib.sha256(weights).hexdigest()
+        digest = self._digest.hexdigest()
         if digest != self.header.sha256.lower():
             raise InvalidRequest("header.sha256", f"checksum mismatch: payload hashes to {digest}")
         check_safetensors(weights)
