@@ -119,6 +119,8 @@ class LearnerConfig(ServiceConfig):
     """Optimiser updates per pass over a rollout batch (the batch's samples are split evenly)."""
     logprob_chunk_size: int = Field(4096, ge=1)
     """Vocabulary chunk of the selective log-prob kernel (memory vs. speed)."""
+    fused_loss: bool = True
+    """Compute PPO-clip with the fused loss kernel (Triton on CUDA, its PyTorch twin on the CPU); off uses learner.algos."""
     algo: AlgoConfig = AlgoConfig()
     """Advantage estimator, policy loss, KL, aggregation, TIS, DAPO filters."""
     reference: Literal["in_process", "service"] = "in_process"

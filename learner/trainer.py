@@ -24,11 +24,11 @@ from learner.algos import (
     filter_uniform_groups,
     kl_penalty,
     overlong_mask,
-    policy_loss,
 )
 from learner.batching import PaddedBatch, micro_batches, minibatch_rows, pad_batch
 from learner.config import LearnerConfig
 from learner.engine import PolicyEngine
+from learner.objective import select_objective
 from rlfleet.errors import InvalidRequest
 from rlfleet.rollouts import Batch
 
@@ -59,6 +59,7 @@ class Trainer:
         self.config = config
         self.engine = engine
         self.algo = config.algo
+        self.objective = select_objective(config.algo, engine.device, config.fused_loss)
         self.shuffle = torch.Generator().manual_seed(config.seed)
 
     # -- the step ---------------------------------------------------------------------------------
@@ -186,10 +187,10 @@ class Trainer:
         old = prepared.old_logprobs[rows][:, :width].to(device) if prepared.old_logprobs is not None \
             else logprobs.detach()  # [R, T]
         ref = part.ref_logprobs.to(device) if part.ref_logprobs is not None else None
-        out = policy_loss(PolicyLossInput(
+        out = self.objective(PolicyLossInput(
             logprobs=logprobs, old_logprobs=old, behaviour_logprobs=part.behaviour_logprobs.to(device),
             advantages=prepared.advantages[rows][:, :width].to(device), mask=part.mask.to(device),
-            ref_logprobs=ref, num_tokens=num_tokens, num_sequences=num_sequences, entropy=entropy), self.algo)
+            ref_logprobs=ref, num_tokens=num_tokens, num_sequences=num_sequences, entropy=entropy))
         # DeepSpeed averages gradients over data-parallel ranks; the losses are already normalised by
         # the whole mini-batch, so each rank's share is scaled back up by the number of ranks.
         self.engine.backward(out.loss * (weight * self.engine.world_size), is_last_micro_batch=last)

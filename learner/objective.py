@@ -1,0 +1,65 @@
+"""The policy loss the training step calls: the fused kernel where it covers the config, else learner.algos.
+
+`learner.kernels.fused_policy_loss` computes ratio, clip (low/high, dual), TIS and k3 KL with the
+masked aggregation in one pass (Triton on CUDA, its PyTorch twin on the CPU) and equals
+`learner.algos.policy_loss` for PPO-clip (tests/unit/learner/kernels). GSPO and the k1/k2 KL
+estimators have no fused form and use the reference implementation. The choice is made once and logged.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+
+import torch
+
+from learner.algos import aggregate, policy_loss, tis_weight
+from learner.algos.config import AlgoConfig
+from learner.algos.types import PolicyLossInput, PolicyLossOutput, PolicyLossStats
+from learner.kernels import fused_policy_loss, pick_backend
+
+log = logging.getLogger(__name__)
+
+PolicyObjective = Callable[[PolicyLossInput], PolicyLossOutput]
+
+
+def fused_covers(algo: AlgoConfig) -> bool:
+    """True when the fused kernel computes exactly what `learner.algos.policy_loss` would."""
+    return algo.policy_loss.type == "ppo_clip" and (algo.kl.coef == 0 or algo.kl.estimator == "k3")
+
+
+def select_objective(algo: AlgoConfig, device: torch.device, fused: bool = True) -> PolicyObjective:
+    """The policy-loss function for this run (logged once)."""
+    if fused and fused_covers(algo):
+        backend = pick_backend(device)
+        log.info("policy loss: fused kernel (%s backend) for ppo_clip", backend)
+        return lambda inp: _fused(inp, algo, backend)
+    log.info("policy loss: learner.algos.policy_loss (%s)", algo.policy_loss.type)
+    return lambda inp: policy_loss(inp, algo)
+
+
+def _fused(inp: PolicyLossInput, algo: AlgoConfig, backend: str) -> PolicyLossOutput:
+    clip = algo.policy_loss
+    kl_in_loss = algo.kl.coef if algo.kl.mode == "loss" else 0.0
+    out = fused_policy_loss(
+        inp.logprobs, inp.old_logprobs, inp.behaviour_logprobs, inp.advantages, inp.mask, inp.ref_logprobs,
+        clip_low=clip.clip_low, clip_high=clip.clip_high, dual_clip=clip.dual_clip, tis_cap=algo.tis.cap,
+        kl_coef=kl_in_loss, aggregation=algo.aggregation, num_tokens=inp.num_tokens,
+        num_sequences=inp.num_sequences, seq_sum_normaliser=algo.seq_sum_normaliser, backend=backend)
+    return PolicyLossOutput(out.loss, PolicyLossStats(
+        pg_loss=out.pg_loss, kl=out.kl, clip_frac_low=out.clip_frac_low, clip_frac_high=out.clip_frac_high,
+        dual_clip_frac=out.dual_clip_frac, **_monitoring_stats(inp, algo)))
+
+
+@torch.no_grad()
+def _monitoring_stats(inp: PolicyLossInput, algo: AlgoConfig) -> dict[str, torch.Tensor | None]:
+    """The stats the kernel does not produce, as learner.algos defines them (they never enter the loss)."""
+    def token_mean(per_token: torch.Tensor) -> torch.Tensor:  # [B, T] -> []
+        return aggregate(per_token.to(inp.mask.dtype), inp.mask, "token_mean", inp.num_tokens)
+
+    cap = algo.tis.cap
+    weight = tis_weight(inp.old_logprobs, inp.behaviour_logprobs, cap)  # [B, T]
+    return {"ratio_mean": token_mean(torch.exp(inp.logprobs.detach() - inp.old_logprobs)),
+            "tis_weight_mean": token_mean(weight),
+            "tis_clip_frac": token_mean(weight >= cap if cap is not None else torch.zeros_like(weight)),
+            "entropy": token_mean(inp.entropy) if inp.entropy is not None else None}

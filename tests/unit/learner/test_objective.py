@@ -1,0 +1,52 @@
+"""The training step's policy loss: the fused kernel equals learner.algos.policy_loss, stats included."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from learner.algos import policy_loss
+from learner.algos.config import AlgoConfig
+from learner.algos.types import PolicyLossInput
+from learner.objective import fused_covers, select_objective
+
+
+def _input(seed: int = 0) -> PolicyLossInput:
+    g = torch.Generator().manual_seed(seed)
+    shape = (5, 7)
+    mask = (torch.rand(shape, generator=g) > 0.2).float()                  # [B, T]
+    mask[4] = 0.0                                                           # an empty row
+    old = -torch.rand(shape, generator=g) * 2                                # [B, T]
+    logprobs = (old + 0.4 * torch.randn(shape, generator=g)).requires_grad_()  # ratios on both clip sides
+    return PolicyLossInput(
+        logprobs=logprobs, old_logprobs=old, behaviour_logprobs=old + 0.9 * torch.randn(shape, generator=g),
+        advantages=torch.randn(shape, generator=g), mask=mask, ref_logprobs=old + 0.1 * torch.randn(shape, generator=g),
+        num_tokens=float(mask.sum()) + 3, num_sequences=6.0, entropy=torch.rand(shape, generator=g))
+
+
+@pytest.mark.parametrize("aggregation", ["token_mean", "seq_mean_token_mean", "seq_mean_token_sum"])
+@pytest.mark.parametrize("kl_mode", ["loss", "reward"])
+def test_fused_objective_equals_the_reference(aggregation, kl_mode):
+    algo = AlgoConfig.model_validate({
+        "aggregation": aggregation, "seq_sum_normaliser": 7.0, "kl": {"coef": 0.05, "mode": kl_mode},
+        "policy_loss": {"type": "ppo_clip", "clip_low": 0.2, "clip_high": 0.28, "dual_clip": 3.0}, "tis": {"cap": 1.5}})
+    assert fused_covers(algo)
+    fused_in, ref_in = _input(), _input()
+    fused = select_objective(algo, torch.device("cpu"))(fused_in)
+    ref = policy_loss(ref_in, algo)
+    torch.testing.assert_close(fused.loss, ref.loss, rtol=1e-5, atol=1e-6)
+    fused.loss.backward()
+    ref.loss.backward()
+    torch.testing.assert_close(fused_in.logprobs.grad, ref_in.logprobs.grad, rtol=1e-5, atol=1e-6)
+    for name in ("pg_loss", "kl", "clip_frac_low", "clip_frac_high", "dual_clip_frac", "ratio_mean",
+                 "tis_weight_mean", "tis_clip_frac", "entropy"):
+        torch.testing.assert_close(getattr(fused.stats, name), getattr(ref.stats, name), rtol=1e-5, atol=1e-6,
+                                   msg=name)
+    assert 0 < float(ref.stats.tis_clip_frac) < 1  # the cap was hit on some tokens, not all
+
+
+def test_configs_without_a_fused_form_use_the_reference():
+    gspo = AlgoConfig.model_validate({"policy_loss": {"type": "gspo"}, "aggregation": "seq_mean_token_mean"})
+    k1 = AlgoConfig.model_validate({"kl": {"coef": 0.1, "estimator": "k1"}})
+    assert not fused_covers(gspo) and not fused_covers(k1)
+    assert fused_covers(AlgoConfig.model_validate({"kl": {"coef": 0.0, "estimator": "k1"}}))
