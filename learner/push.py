@@ -83,7 +83,6 @@ class AdapterPusher:
         self.acked: dict[str, int] = {}
         self.latest: AdapterPayload | None = None
         self._inflight: dict[str, asyncio.Task] = {}
-        self._latest: dict[str, AdapterPayload] = {}   # newest version each target should get
         self._channels: dict[str, object] = {}
 
     async def push(self, payload: AdapterPayload) -> list[PushOutcome]:
