@@ -1,9 +1,9 @@
 """Runs every rlfleet benchmark and writes the tables into bench/README.md: `python -m bench [--quick]`.
 
 Order: overlap (max_staleness 0, 1, 2), the TRL head-to-head (its rlfleet rows reuse the overlap
-runs: same settings, so rlfleet trains three times, not four), the gRPC overhead of that run's steps, then the reward-server,
-weight-push, loss-head and reference benchmarks of their own issues, each as a subprocess whose
-printed table is folded in as it is. A benchmark that fails is reported as failed, with the end
+runs: same settings, so rlfleet trains three times, not four), the gRPC overhead of the synchronous
+run's steps (the shortest), then the reward-server, weight-push, loss-head and reference benchmarks
+of their own issues, each as a subprocess whose printed table is folded in as it is. A benchmark that fails is reported as failed, with the end
 of its output, and the others still run.
 """
 
@@ -44,7 +44,9 @@ def peer_bench(module: str, args: list[str], timeout: float) -> str:
     if done.returncode != 0:
         tail = "\n".join((done.stdout + done.stderr).strip().splitlines()[-12:])
         return f"**failed** (exit {done.returncode}): `python -m {module} {' '.join(args)}`\n\n```\n{tail}\n```\n"
-    return f"`python -m {module} {' '.join(args)}`\n\n```\n{done.stdout.strip()}\n```\n"
+    # DeepSpeed prints its accelerator warning on stdout; it is not part of the table.
+    table = "\n".join(line for line in done.stdout.strip().splitlines() if "[WARNING]" not in line)
+    return f"`python -m {module} {' '.join(args)}`\n\n```\n{table}\n```\n"
 
 
 def timed(name: str, produce: Callable[[], str], sections: dict[str, str]) -> None:
@@ -76,7 +78,8 @@ def run_all(workdir: Path, quick: bool) -> dict[str, str]:
     timed("overlap", run_overlap, sections)
     others = {k: d for k, d in dirs.items() if k != 1}
     timed("vs_trl", lambda: vs_trl.run(workdir, steps, warmup, 1, reuse=dirs.get(1), also=others), sections)
-    timed("overhead", lambda: overhead.run(dirs.get(1), 4.0, 3 if quick else 20, workdir), sections)
+    # The synchronous run has the shortest steps, so the largest overhead fraction.
+    timed("overhead", lambda: overhead.run(dirs.get(0), 4.0, 3 if quick else 20, workdir), sections)
     for name, module, full, fast, timeout in PEER_BENCHES:
         timed(name, lambda m=module, a=fast if quick else full, t=timeout: peer_bench(m, a, t), sections)
     return sections

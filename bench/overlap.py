@@ -25,6 +25,8 @@ class OverlapRun:
     max_staleness: int
     overlap: Overlap
     throughput: Throughput
+    groups_issued: int      # prompt groups sent to generators, re-issues included
+    groups_trained: int
 
 
 def measure(model: Path, run_dir: Path, max_staleness: int, steps: int, warmup: int) -> OverlapRun:
@@ -39,8 +41,10 @@ def read_run(run_dir: Path, max_staleness: int, warmup: int) -> OverlapRun:
     records = read_learner_steps(run_dir)
     steps = len(records)
     accounting = json.loads((run_dir / "pipeline_accounting.json").read_text())
+    # `issued` counts every generation of a group: one that came back too stale is issued again.
+    issued = accounting["issued"]
     return OverlapRun(max_staleness, overlap(records, accounting["generator_busy_seconds"]),
-                      throughput(records, warmup, max(1, (steps - warmup) // 2)))
+                      throughput(records, warmup, max(1, (steps - warmup) // 2)), issued, accounting["trained"])
 
 
 def report(runs: list[OverlapRun], steps: int, warmup: int) -> str:
@@ -58,9 +62,10 @@ def report(runs: list[OverlapRun], steps: int, warmup: int) -> str:
         rows.append([str(r.max_staleness), f"{r.overlap.generator_busy_seconds:.1f}",
                      f"{r.overlap.learner_busy_seconds:.1f}", f"{r.overlap.wall_seconds:.1f}",
                      f"**{r.overlap.eta:.2f}**", f"{r.throughput.median_step_seconds:.2f}", f"**{speedup}**",
-                     f"{r.throughput.reward_mean:.3f}"])
+                     f"{r.throughput.reward_mean:.3f}", f"{r.groups_issued} / {r.groups_trained}"])
     table = markdown_table(["max_staleness", "generator busy s", "learner busy s", "wall s", "eta",
-                            "median step s", "speed-up vs sync", "reward (last steps)"], rows)
+                            "median step s", "speed-up vs sync", "reward (last steps)",
+                            "groups generated / trained"], rows)
     return (f"{steps} steps each, first {warmup} excluded from step times (eta covers all steps). "
             f"Target: eta >= 0.85 and >= 1.6x over synchronous at staleness 1 or 2.{bound}\n\n{table}\n")
 
