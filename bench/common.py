@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import statistics
 import subprocess
 import sys
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,6 +32,7 @@ class StepRecord:
     samples: int              # completions trained on
     completion_tokens: float  # sum of completion lengths of those samples
     reward_mean: float
+    cpu_seconds: float | None = None  # CPU seconds the whole system had used when the step ended (None: unknown)
 
 
 @dataclass(frozen=True)
@@ -42,10 +45,13 @@ class Throughput:
     samples_per_second: float
     reward_mean: float          # mean reward of the last `reward_steps` steps
     samples_seen: int           # samples of all steps, warm-up included
+    tokens_per_cpu_second: float | None = None  # completion tokens of measured steps / CPU seconds they used
 
 
 def read_learner_steps(run_dir: Path) -> list[StepRecord]:
-    """The learner's step records of an `rlfleet up` run directory."""
+    """The learner's step records of an `rlfleet up` run directory (with CPU seconds when run_up sampled them)."""
+    samples_path = run_dir / "cpu_samples.json"
+    cpu = json.loads(samples_path.read_text()) if samples_path.exists() else None
     records = []
     for line in (run_dir / "metrics.jsonl").read_text().splitlines():
         if not line.strip():
@@ -53,8 +59,65 @@ def read_learner_steps(run_dir: Path) -> list[StepRecord]:
         r = json.loads(line)
         samples = int(r["samples"])
         records.append(StepRecord(r["time"], r["step_seconds"], r["wait_seconds"], samples,
-                                  r["response_length_mean"] * samples, r["reward_mean"]))
+                                  r["response_length_mean"] * samples, r["reward_mean"],
+                                  cpu_at(cpu, r["time"]) if cpu else None))
     return records
+
+
+def tree_cpu_seconds(root: int) -> float:
+    """User + system CPU seconds of `root` and every live descendant (from /proc)."""
+    parents, cpu = {}, {}
+    tick = os.sysconf("SC_CLK_TCK")
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:  # the process exited while we looked
+            continue
+        pid = int(entry.name)
+        parents[pid], cpu[pid] = int(fields[1]), (int(fields[11]) + int(fields[12])) / tick
+    total = 0.0
+    for pid, seconds in cpu.items():
+        node = pid
+        while node in parents and node != root:
+            node = parents[node]
+        total += seconds if node == root else 0.0
+    return total
+
+
+def cpu_at(samples: list[list[float]], when: float) -> float:
+    """CPU seconds at wall time `when`, interpolated between [time, cpu] samples sorted by time."""
+    for (t0, c0), (t1, c1) in zip(samples, samples[1:], strict=False):
+        if t0 <= when <= t1:
+            return c0 + (c1 - c0) * (when - t0) / (t1 - t0) if t1 > t0 else c1
+    return samples[0][1] if when < samples[0][0] else samples[-1][1]
+
+
+class CpuSampler:
+    """Samples the CPU seconds of a process tree every `interval` seconds in a thread, as [time, cpu] pairs.
+
+    The services are children of `rlfleet up`; a service that has exited no longer counts, which is
+    why only windows while every service runs (the training steps) are read from the samples.
+    """
+
+    def __init__(self, root: int, interval: float = 0.5):
+        self.root, self.interval = root, interval
+        self.samples: list[list[float]] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def __enter__(self) -> CpuSampler:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval):
+            self.samples.append([time.time(), tree_cpu_seconds(self.root)])
 
 
 def throughput(records: list[StepRecord], warmup: int, reward_steps: int) -> Throughput:
@@ -71,8 +134,10 @@ def throughput(records: list[StepRecord], warmup: int, reward_steps: int) -> Thr
     tokens = sum(r.completion_tokens for r in measured)
     samples = sum(r.samples for r in measured)
     last = records[-reward_steps:]
+    first_cpu, last_cpu = records[warmup].cpu_seconds, records[-1].cpu_seconds
+    per_cpu = tokens / (last_cpu - first_cpu) if first_cpu is not None and last_cpu is not None else None
     return Throughput(len(measured), statistics.median(gaps), tokens / wall, samples / wall,
-                      sum(r.reward_mean for r in last) / len(last), sum(r.samples for r in records))
+                      sum(r.reward_mean for r in last) / len(last), sum(r.samples for r in records), per_cpu)
 
 
 @dataclass(frozen=True)
@@ -150,9 +215,16 @@ def run_up(run: UpRun, timeout: float = 900.0) -> float:
     log_path = run.run_dir / "up.log"
     start = time.perf_counter()
     with open(log_path, "wb") as log:
-        code = subprocess.run([sys.executable, "-m", "rlfleet.cli", "up", *run.argv()], stdout=log,
-                              stderr=subprocess.STDOUT, env={**os.environ, **BENCH_ENV}, cwd=REPO,
-                              timeout=timeout).returncode
+        process = subprocess.Popen([sys.executable, "-m", "rlfleet.cli", "up", *run.argv()], stdout=log,
+                                   stderr=subprocess.STDOUT, env={**os.environ, **BENCH_ENV}, cwd=REPO)
+        with CpuSampler(process.pid) as sampler:
+            try:
+                code = process.wait(timeout)
+            except subprocess.TimeoutExpired:
+                process.send_signal(signal.SIGINT)  # `rlfleet up` stops its services on Ctrl-C
+                process.wait(60)
+                raise
+    (run.run_dir / "cpu_samples.json").write_text(json.dumps(sampler.samples))
     if code != 0:
         tail = "\n".join(log_path.read_text(errors="replace").splitlines()[-30:])
         raise RuntimeError(f"rlfleet up exited with {code}; end of {log_path}:\n{tail}")

@@ -21,7 +21,9 @@ after rlfleet, so the two never share the cores at the same time. How TRL's defa
 
 A step's time is the wall time between consecutive step ends (generation included, whether or not
 it overlaps training); the first `--warmup` steps are excluded. Reward is the mean over the last
-steps of the same number of samples.
+steps of the same number of samples. Because the machine is shared, tokens per CPU-second is
+reported too: CPU seconds of every rlfleet process (sampled from /proc every 0.5 s) or of the TRL
+process, over the same measured steps; it does not depend on how much CPU other users left over.
 """
 
 from __future__ import annotations
@@ -107,12 +109,13 @@ def run_trl(model: Path, shared: Shared, out_dir: Path) -> list[StepRecord]:
             self.begin = time.time()
 
         def on_step_end(self, args, state, control, **kwargs):
-            self.end = time.time()
+            self.end, self.cpu = time.time(), time.process_time()  # TRL is this one process, all its threads
 
         def on_log(self, args, state, control, logs=None, **kwargs):
             if logs and "reward" in logs:
                 tokens = logs["completions/mean_length"] * batch
-                records.append(StepRecord(self.end, self.end - self.begin, 0.0, batch, tokens, logs["reward"]))
+                records.append(StepRecord(self.end, self.end - self.begin, 0.0, batch, tokens, logs["reward"],
+                                          self.cpu))
 
     trainer = GRPOTrainer(model=str(model), reward_funcs=trl_rewards(), args=config,
                           train_dataset=trl_dataset(shared.seed), peft_config=lora, callbacks=[StepTimer()])
@@ -131,16 +134,22 @@ def run_rlfleet(model: Path, shared: Shared, run_dir: Path, max_staleness: int) 
 
 def report(results: dict[str, Throughput], shared: Shared, warmup: int) -> str:
     """The markdown section: one row per system and a ratio row per rlfleet configuration."""
-    rows = [[name, f"{t.median_step_seconds:.2f}", f"{t.tokens_per_second:.1f}", f"{t.samples_per_second:.1f}",
-             f"{t.reward_mean:.3f}", str(t.samples_seen)] for name, t in results.items()]
+    def per_cpu(t: Throughput) -> str:
+        return "n/a" if t.tokens_per_cpu_second is None else f"{t.tokens_per_cpu_second:.1f}"
+
+    rows = [[name, f"{t.median_step_seconds:.2f}", f"{t.tokens_per_second:.1f}", per_cpu(t),
+             f"{t.samples_per_second:.1f}", f"{t.reward_mean:.3f}", str(t.samples_seen)]
+            for name, t in results.items()]
     theirs = results[TRL]
     for name, ours in results.items():
         if name != TRL:
+            cpu_ratio = ("n/a" if ours.tokens_per_cpu_second is None or theirs.tokens_per_cpu_second is None
+                         else f"**{ours.tokens_per_cpu_second / theirs.tokens_per_cpu_second:.2f}x**")
             rows.append([f"**ratio {name} / TRL**", f"{ours.median_step_seconds / theirs.median_step_seconds:.2f}",
-                         f"**{ours.tokens_per_second / theirs.tokens_per_second:.2f}x**",
+                         f"**{ours.tokens_per_second / theirs.tokens_per_second:.2f}x**", cpu_ratio,
                          f"{ours.samples_per_second / theirs.samples_per_second:.2f}x",
                          f"{ours.reward_mean - theirs.reward_mean:+.3f}", ""])
-    table = markdown_table(["system", "median step s", "completion tok/s", "samples/s",
+    table = markdown_table(["system", "median step s", "completion tok/s", "completion tok/CPU-s", "samples/s",
                             "reward (last steps)", "samples"], rows)
     return (f"{shared.steps} steps of {shared.prompts_per_batch} prompts x {shared.group_size} completions, "
             f"max {shared.max_tokens} new tokens, lr {shared.lr}, LoRA r{shared.lora_rank}, KL {shared.kl_coef}; "

@@ -6,7 +6,16 @@ import json
 
 import pytest
 
-from bench.common import StepRecord, markdown_table, overlap, read_learner_steps, replace_section, throughput
+from bench.common import (
+    StepRecord,
+    cpu_at,
+    markdown_table,
+    overlap,
+    read_learner_steps,
+    replace_section,
+    throughput,
+    tree_cpu_seconds,
+)
 
 
 def _records() -> list[StepRecord]:
@@ -63,3 +72,25 @@ def test_replace_section_replaces_between_markers_and_appends_when_missing():
 
 def test_markdown_table():
     assert markdown_table(["x", "y"], [["1", "2"]]) == "| x | y |\n| --- | --- |\n| 1 | 2 |"
+
+
+def test_cpu_at_interpolates_between_samples():
+    samples = [[10.0, 1.0], [12.0, 5.0], [14.0, 6.0]]
+    # halfway between t=10 (1 s) and t=12 (5 s) -> 3 s; outside the range -> the nearest end
+    assert cpu_at(samples, 11.0) == pytest.approx(3.0)
+    assert cpu_at(samples, 13.5) == pytest.approx(5.75)
+    assert cpu_at(samples, 9.0) == 1.0 and cpu_at(samples, 20.0) == 6.0
+
+
+def test_throughput_per_cpu_second_over_the_measured_steps():
+    records = [StepRecord(r.end_time, r.step_seconds, r.wait_seconds, r.samples, r.completion_tokens, r.reward_mean,
+                          cpu) for r, cpu in zip(_records(), [3.0, 7.0, 9.0, 13.0, 16.0], strict=True)]
+    # measured steps 2..4 used CPU 16 - 7 = 9 s for 1929 tokens
+    assert throughput(records, warmup=1, reward_steps=1).tokens_per_cpu_second == pytest.approx(1929 / 9)
+    assert throughput(_records(), warmup=1, reward_steps=1).tokens_per_cpu_second is None
+
+
+def test_tree_cpu_seconds_counts_this_process():
+    import os
+
+    assert tree_cpu_seconds(os.getpid()) > 0.0
