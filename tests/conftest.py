@@ -10,6 +10,10 @@ import pytest
 # vLLM in the test process: in-process engine (no worker subprocess), as documented in README.
 os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# Triton reads TRITON_INTERPRET when a kernel is decorated, i.e. on first import, which may happen in
+# any test module (the learner and reference import learner.kernels); without CUDA, interpret always.
+if not os.path.exists("/dev/nvidia0"):
+    os.environ.setdefault("TRITON_INTERPRET", "1")
 
 
 @pytest.fixture(scope="session")
