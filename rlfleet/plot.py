@@ -6,6 +6,7 @@ import argparse
 import json
 from pathlib import Path
 
+SMOOTHING = 5
 PANELS = (("reward_mean", "reward (mean of batch)"), ("kl", "KL to reference"),
           ("response_length_mean", "response length (tokens)"), ("tokens_per_second", "trained tokens / s"))
 
@@ -26,7 +27,13 @@ def plot_run(run_dir: str | Path, out: str | Path | None = None) -> Path:
     for ax, (key, title) in zip(axes.flat, PANELS, strict=True):
         points = [(r["step"], r[key]) for r in records if key in r]
         if points:
-            ax.plot(*zip(*points, strict=True), marker=".", linewidth=1)
+            steps, values = zip(*points, strict=True)
+            ax.plot(steps, values, marker=".", linewidth=0.8, alpha=0.5, label="per step")
+            if len(values) >= 2 * SMOOTHING:  # a trailing mean shows the trend through batch noise
+                smooth = [sum(values[max(0, i - SMOOTHING + 1): i + 1]) / len(values[max(0, i - SMOOTHING + 1): i + 1])
+                          for i in range(len(values))]
+                ax.plot(steps, smooth, linewidth=2, label=f"mean of last {SMOOTHING}")
+                ax.legend(fontsize=8)
         ax.set_title(title, fontsize=10)
         ax.grid(alpha=0.3)
     for ax in axes[1]:
