@@ -63,6 +63,8 @@ class PipelineConfig(ConfigModel):
     """Deadline of one Generate call; on expiry its prompts go to another generator."""
     reward_timeout_seconds: float = Field(60.0, gt=0)
     """Deadline of one Score call."""
+    version_wait_seconds: float = Field(30.0, gt=0)
+    """How long a generator may take to serve the version a request needs; past it, the prompts go elsewhere."""
     retry_backoff_seconds: float = Field(1.0, gt=0)
     """Wait before retrying a failed call (a down reward service pauses the pipeline)."""
     seed: int = 0

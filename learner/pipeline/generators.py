@@ -34,6 +34,7 @@ class Endpoint:
     channel: object
     inflight: int = 0
     failures: int = 0
+    policy_version: int = -1   # newest version seen from it (responses, GetInfo); -1 = unknown
     down_until: float = 0.0
     busy_seconds: float = 0.0
     _busy_since: float | None = field(default=None, repr=False)

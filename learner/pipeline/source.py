@@ -38,6 +38,10 @@ from rlfleet.v1 import common_pb2, generator_pb2
 log = logging.getLogger(__name__)
 
 
+class GeneratorLagging(Exception):
+    """A generator did not reach the policy version a request needs in time (a failed push, say)."""
+
+
 @dataclass
 class PipelineStats:
     """Counts for the progress view and the accounting check (issued = trained + dropped + outstanding)."""
@@ -227,18 +231,21 @@ class PipelineSource(RolloutSource):
         start, failed = time.perf_counter(), False
         self.stats.generate_calls += 1
         try:
+            await self._wait_for_version(endpoint, self._version - self.config.max_staleness)
             stream = endpoint.stub.Generate(request, timeout=self.config.generate_timeout_seconds)
             async for response in stream:
+                endpoint.policy_version = max(endpoint.policy_version, response.policy_version)
                 row = remaining.pop(response.prompt_id, None)
                 if row is not None:
                     task = asyncio.create_task(self._score(self._group(response, row), row))
                     self._scoring.add(task)
                     task.add_done_callback(self._scoring.discard)
-        except grpc.aio.AioRpcError as err:
+        except (grpc.aio.AioRpcError, GeneratorLagging) as err:
             failed = True
             self.stats.generator_failures += 1
-            log.warning("generator %s failed (%s: %s); resubmitting %d prompts elsewhere", endpoint.address,
-                        err.code().name, err.details(), len(remaining))
+            reason = f"{err.code().name}: {err.details()}" if isinstance(err, grpc.aio.AioRpcError) else str(err)
+            log.warning("generator %s failed (%s); resubmitting %d prompts elsewhere", endpoint.address, reason,
+                        len(remaining))
         finally:
             self.pool.release(endpoint, failed)
             metrics.GENERATE_LATENCY.observe(time.perf_counter() - start)
@@ -250,6 +257,23 @@ class PipelineSource(RolloutSource):
                 self.stats.issued -= 1
             self._requeue.extendleft(reversed(list(remaining.values())))
             self._changed.set()
+
+    async def _wait_for_version(self, endpoint, needed: int) -> None:
+        """Waits until `endpoint` serves at least version `needed`, so no rollout is generated only to be stale.
+
+        The learner pushes in the background and the pipeline may issue the next batch at once; without
+        this wait the first calls after an update ran on the old adapter and were thrown away.
+        """
+        deadline = time.monotonic() + self.config.version_wait_seconds
+        while endpoint.policy_version < needed:
+            info = await endpoint.stub.GetInfo(generator_pb2.GetGeneratorInfoRequest(), timeout=5.0)
+            endpoint.policy_version = info.policy_version
+            if endpoint.policy_version >= needed:
+                return
+            if time.monotonic() > deadline:
+                raise GeneratorLagging(f"serves policy v{endpoint.policy_version}, needs v{needed} "
+                                       f"within {self.config.version_wait_seconds:.0f}s")
+            await asyncio.sleep(0.05)
 
     def _group(self, response: generator_pb2.GenerateResponse, row: PromptRow) -> Group:
         samples = [Sample(token_ids=list(c.token_ids), logprobs=list(c.logprobs), text=c.text,

@@ -36,6 +36,9 @@ class ScriptedGenerator(generator_pb2_grpc.GeneratorServiceServicer):
         self.policy_version = 0
         self.calls = 0
 
+    async def GetInfo(self, request, context):
+        return generator_pb2.GeneratorInfo(policy_version=self.policy_version)
+
     async def Generate(self, request, context):
         self.calls += 1
         for i, prompt in enumerate(request.prompts):
@@ -107,7 +110,7 @@ def test_generator_death_resubmits_and_every_prompt_is_accounted(tmp_path):
     assert accounting["trained"] == 12 and set(accounting["dropped"]) <= {"run_ended"}
 
 
-def test_on_policy_waits_for_the_update_and_stale_groups_are_requeued(tmp_path):
+def test_on_policy_waits_for_the_generator_to_serve_the_update(tmp_path):
     core = _reward_core()
 
     async def run():
@@ -123,21 +126,23 @@ def test_on_policy_waits_for_the_update_and_stale_groups_are_requeued(tmp_path):
         generator.policy_version = 0            # the generator lags: it still serves version 0
         source.set_policy_version(1)
         await asyncio.sleep(1.0)
+        calls_before_push = generator.calls     # the pipeline waits for the generator to serve version 1
         generator.policy_version = 1            # the push lands
         second = await asyncio.wait_for(source.next_batch(), 30)
         await source.close()
         await server.stop(0)
         await reward.stop(0)
-        return first, calls_while_training, second, source.stats
+        return first, calls_while_training, calls_before_push, second, source.stats
 
     try:
-        first, calls_while_training, second, stats = asyncio.run(run())
+        first, calls_while_training, calls_before_push, second, stats = asyncio.run(run())
     finally:
         core.close()
     assert calls_while_training == 2  # 4 prompts, 2 per request: exactly the first batch
+    assert calls_before_push == 2     # nothing generated on the old adapter while the push was in flight
     assert {g.policy_version for g in first.groups} == {0}
-    assert {g.policy_version for g in second.groups} == {1}  # version-0 groups were too stale at version 1
-    assert stats.dropped["stale_requeued"] >= 1
+    assert {g.policy_version for g in second.groups} == {1}
+    assert stats.dropped["stale_requeued"] == 0 and stats.issued == 8
 
 
 def test_reward_service_down_pauses_then_resumes(tmp_path, caplog):
