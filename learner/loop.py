@@ -64,13 +64,13 @@ class TrainingLoop:
     """Drives a Trainer from a RolloutSource; see the module docstring."""
 
     def __init__(self, config: LearnerConfig, trainer: Trainer, source: RolloutSource, pusher: AdapterPusher,
-                 on_step: list[StepCallback] | None = None):
+                 on_step: list[StepCallback] | None = None, status: LearnerState | None = None):
         self.config = config
         self.trainer = trainer
         self.source = source
         self.pusher = pusher
         self.on_step = list(on_step or [])
-        self.status = LearnerState()
+        self.status = status or LearnerState()
         self.run_dir = Path(config.run_dir)
         self._stop = asyncio.Event()
         self._last_checkpoint = 0

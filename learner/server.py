@@ -9,7 +9,7 @@ import signal
 
 from learner.config import LearnerConfig
 from learner.engine import PolicyEngine
-from learner.loop import TrainingLoop, follow, make_source
+from learner.loop import LearnerState, TrainingLoop, follow, make_source
 from learner.push import AdapterPusher
 from learner.queue_source import QueueSource
 from learner.servicer import LearnerServicer
@@ -32,14 +32,17 @@ class LearnerServer:
 
     async def start(self) -> int:
         """Binds the port (health NOT_SERVING), builds the engine in a worker thread, then SERVING."""
+        # Handlers are registered before the server starts (gRPC ignores registrations after start);
+        # the servicer answers from `status`, which the loop fills once the engine is built.
+        source = make_source(self.config)
+        status = LearnerState()
+        queue = source if isinstance(source, QueueSource) else None
+        servicer = LearnerServicer(status, self.pusher, queue, self.config.push.chunk_bytes)
+        learner_pb2_grpc.add_LearnerServiceServicer_to_server(servicer, self.grpc.grpc)
         port = await self.grpc.start([SERVICE])
         engine = await asyncio.to_thread(PolicyEngine, self.config)
         trainer = Trainer(self.config, engine)
-        source = make_source(self.config, trainer)
-        self.loop = TrainingLoop(self.config, trainer, source, self.pusher)
-        queue = source if isinstance(source, QueueSource) else None
-        servicer = LearnerServicer(self.loop.status, self.pusher, queue, self.config.push.chunk_bytes)
-        learner_pb2_grpc.add_LearnerServiceServicer_to_server(servicer, self.grpc.grpc)
+        self.loop = TrainingLoop(self.config, trainer, source, self.pusher, status=status)
         await self.grpc.set_serving()
         return port
 

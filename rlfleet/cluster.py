@@ -53,8 +53,11 @@ class LocalCluster:
 
     def start(self, service: Service) -> Service:
         service.log_path = self.run_dir / "logs" / f"{service.name}.log"
-        env = {**os.environ, "OMP_NUM_THREADS": str(service.threads), "MKL_NUM_THREADS": str(service.threads),
-               "TOKENIZERS_PARALLELISM": "false", "PYTHONUNBUFFERED": "1", **service.env}
+        # Several torch processes share the cores: idle OpenMP threads must sleep, not spin (measured
+        # in bench/: 1.54 -> 1.28 s per step on 2 cores).
+        env = {"OMP_WAIT_POLICY": "PASSIVE", **os.environ, "OMP_NUM_THREADS": str(service.threads),
+               "MKL_NUM_THREADS": str(service.threads), "TOKENIZERS_PARALLELISM": "false",
+               "PYTHONUNBUFFERED": "1", **service.env}
         command = [sys.executable, "-m", "rlfleet.cli", service.command, *service.args,
                    "--server.host", "127.0.0.1", "--server.port", str(service.port),
                    "--server.metrics-port", str(service.metrics_port)]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import signal
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -175,7 +176,12 @@ def summarise(run_dir: Path, before: float | None, after: float | None, wall: fl
                    sum(rewards[-k:]) / k if rewards else float("nan"), before, after, wall, warm)
 
 
+def _sigterm_as_interrupt(signum, frame) -> None:
+    raise KeyboardInterrupt  # `kill`/`timeout` stop the cluster the same way Ctrl-C does
+
+
 def run_cluster(config: UpConfig) -> int:
+    signal.signal(signal.SIGTERM, _sigterm_as_interrupt)
     start = time.perf_counter()
     run_dir = (config.run_dir or Path("runs") / time.strftime("%Y%m%d-%H%M%S")).resolve()
     run_dir.mkdir(parents=True, exist_ok=True)
