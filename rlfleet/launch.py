@@ -110,7 +110,7 @@ def start_services(cluster: LocalCluster, config: UpConfig, cluster_toml: Path, 
     if with_reference:
         services.append(cluster.start(Service("reference", "reference", common, ports.reference,
                                               ports.metrics(ports.reference))))
-    env = {"VLLM_ENABLE_V1_MULTIPROCESSING": "0", "VLLM_CPU_KVCACHE_SPACE": "1"}
+    env = {"VLLM_CPU_KVCACHE_SPACE": "1"}
     for i, port in enumerate(ports.generators):
         services.append(cluster.start(Service(f"generator-{i}", "generator", common, port, ports.metrics(port),
                                               threads=2, env=env)))
