@@ -122,18 +122,14 @@ async def _push_raw(target: str, payload: AdapterPayload) -> float:
 
 
 def _wait_serving(target: str, proc: subprocess.Popen, limit: float = 600) -> None:
-    from grpc_health.v1 import health_pb2, health_pb2_grpc
+    from rlfleet.health import check
 
-    health = health_pb2_grpc.HealthStub(grpc.insecure_channel(target, options=[("grpc.max_reconnect_backoff_ms", 500)]))
     deadline = time.monotonic() + limit
     while time.monotonic() < deadline:
         if proc.poll() is not None:
             raise SystemExit(f"generator exited with {proc.returncode}")
-        try:
-            if health.Check(health_pb2.HealthCheckRequest(), timeout=1).status == health_pb2.HealthCheckResponse.SERVING:
-                return
-        except grpc.RpcError:
-            pass
+        if check(target, timeout=1):
+            return
         time.sleep(0.2)
     raise SystemExit("generator did not become SERVING")
 

@@ -10,13 +10,12 @@ import sys
 import time
 from pathlib import Path
 
-import grpc
 import pytest
-from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from learner.config import LearnerConfig
 from learner.server import LearnerServer
-from rlfleet.client import make_channel, make_sync_channel
+from rlfleet.client import make_channel
+from rlfleet.health import check
 from rlfleet.rollouts import batch_to_proto
 from rlfleet.v1 import common_pb2, generator_pb2, generator_pb2_grpc, learner_pb2_grpc
 from tests.conftest import free_port
@@ -44,16 +43,12 @@ def _start_generator(model: str, tmp: Path) -> tuple[subprocess.Popen, str, Path
 
 
 def _wait_serving(target: str, proc: subprocess.Popen, log: Path, limit: float = 300) -> None:
-    health = health_pb2_grpc.HealthStub(make_sync_channel(target))
     deadline = time.monotonic() + limit
     while time.monotonic() < deadline:
         if proc.poll() is not None:
             raise RuntimeError(f"generator exited with {proc.returncode}:\n{log.read_text()[-4000:]}")
-        try:
-            if health.Check(health_pb2.HealthCheckRequest(), timeout=1).status == health_pb2.HealthCheckResponse.SERVING:
-                return
-        except grpc.RpcError:
-            pass
+        if check(target, timeout=1):
+            return
         time.sleep(0.2)
     raise TimeoutError(f"generator not SERVING after {limit} s:\n{log.read_text()[-4000:]}")
 
