@@ -45,7 +45,8 @@ class GeneratorConfig(ServiceConfig):
     learner_client: ClientConfig = ClientConfig()
     """Deadline, retries and auth of calls to the learner."""
     adapter_dir: Path | None = None
-    """Folder where received adapters are written, one subfolder per version; unset uses a fresh temporary folder."""
+    """Folder where received adapters are written, one subfolder per version; unset uses a fresh temporary folder.
+    A tmpfs (e.g. /dev/shm/...) is fastest: on a slow disk, writeback of a large adapter per push throttles the writer."""
     gpu_memory_utilization: float = Field(0.9, gt=0, le=1)
     """Fraction of accelerator memory vLLM may use (on the CPU, 0.1: vLLM measures the whole node's memory)."""
     kv_cache_space_gib: int | None = Field(None, ge=1)

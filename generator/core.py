@@ -35,6 +35,8 @@ class Generator:
         self.base_model_id = model_id
         self.shapes = shapes
         self.adapter_dir = adapter_dir
+        self.staging_dir = adapter_dir / ".incoming"
+        """Where LoadAdapter spools weights while they arrive (same file system: moved, never copied)."""
         self._owns_adapter_dir = owns_adapter_dir   # a temporary folder made for this process: removed at shutdown
         self.versions = PolicyVersions(config.keep_versions)
         self._tokenizer_hash = prompts.tokenizer_hash
@@ -160,14 +162,16 @@ class Generator:
         `received_at` is the perf_counter time of the adapter's first chunk. A version is immutable:
         re-sending the serving version is acknowledged without reloading it.
         """
-        version = payload.policy_version
+        version, nbytes = payload.policy_version, payload.nbytes  # a staged file is moved away below
         async with self._adapter_lock:
             if version == self.versions.newest:
                 return LoadResult(version, time.perf_counter() - received_at, self.versions.loaded)
             marks = [time.perf_counter()]
             try:
                 self._check_new(payload)
-                path = await asyncio.to_thread(write_adapter_dir, payload, self.adapter_dir / f"v{version:010d}")
+                # Not fsynced: after a crash the generator pulls the current adapter from the learner again.
+                path = await asyncio.to_thread(write_adapter_dir, payload, self.adapter_dir / f"v{version:010d}",
+                                               durable=False)
                 marks.append(time.perf_counter())
                 try:
                     await self.engine.load_adapter(version, path)
@@ -185,11 +189,11 @@ class Generator:
         seconds = time.perf_counter() - received_at
         metrics.ADAPTER_LOADS.labels("loaded").inc()
         metrics.ADAPTER_LOAD_TIME.observe(seconds)
-        metrics.ADAPTER_BYTES.inc(len(payload.weights))
+        metrics.ADAPTER_BYTES.inc(nbytes)
         metrics.POLICY_VERSION.set(version)
         log.info("policy v%d serving, %.3f s from first chunk: receive+verify %.3f, check+write %.3f, engine load %.3f "
                  "(%d bytes)", version, seconds, marks[0] - received_at, marks[1] - marks[0],
-                 marks[2] - marks[1], len(payload.weights))
+                 marks[2] - marks[1], nbytes)
         return LoadResult(version, seconds, self.versions.loaded)
 
     def _check_new(self, payload: AdapterPayload) -> None:

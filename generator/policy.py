@@ -9,7 +9,7 @@ from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
-from rlfleet.adapters import AdapterPayload, check_safetensors
+from rlfleet.adapters import AdapterPayload
 from rlfleet.errors import NotFound, Rejected
 
 # PEFT names a LoRA tensor "base_model.model.<module>.lora_A.weight" (or lora_B).
@@ -56,7 +56,7 @@ def check_adapter(payload: AdapterPayload, base_model_id: str, shapes: BaseModel
     if not targets or unknown:
         raise Rejected(f"adapter_config_json.target_modules: {unknown or 'empty'} not among the model's linear "
                        f"layers {sorted(shapes.module_kinds)}")
-    tensors = check_safetensors(payload.weights)
+    tensors = payload.tensor_table()
     if not tensors:
         raise Rejected("adapter_model.safetensors: holds no tensors")
     for name, meta in tensors.items():

@@ -8,7 +8,7 @@ from generator.config import GeneratorConfig
 from generator.core import Generator
 from generator.learner_sync import pull_current_policy
 from generator.servicer import GeneratorServicer
-from rlfleet.server import GrpcServer
+from rlfleet.server import GrpcServer, add_servicer
 from rlfleet.v1 import generator_pb2, generator_pb2_grpc
 
 log = logging.getLogger(__name__)
@@ -20,7 +20,9 @@ async def serve(config: GeneratorConfig) -> None:
     """Runs the generator until SIGTERM/SIGINT; health turns SERVING only once the current policy is loaded."""
     server = GrpcServer(config.server, name="generator")
     servicer = GeneratorServicer()
-    generator_pb2_grpc.add_GeneratorServiceServicer_to_server(servicer, server.grpc)
+    # LoadAdapter reads its chunks as bytes: the weights are sliced out without a copy (see rlfleet.adapters).
+    add_servicer(generator_pb2_grpc.add_GeneratorServiceServicer_to_server, servicer, server.grpc,
+                 raw_requests=["LoadAdapter"])
     await server.start([SERVICE_NAME])
     core = await Generator.create(config)
     try:

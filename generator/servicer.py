@@ -9,7 +9,7 @@ from collections.abc import AsyncIterator
 
 from generator.core import Generator
 from generator.rollouts import Completion, GenerateBatch, GroupResult, PromptInput, Sampling
-from rlfleet.adapters import AdapterAssembler, AdapterPayload
+from rlfleet.adapters import AdapterAssembler
 from rlfleet.errors import NotReady
 from rlfleet.v1 import common_pb2, generator_pb2, generator_pb2_grpc
 
@@ -66,17 +66,28 @@ class GeneratorServicer(generator_pb2_grpc.GeneratorServiceServicer):
                 yield group_to_proto(group)
 
     async def LoadAdapter(self, request_iterator, context) -> generator_pb2.LoadAdapterResponse:
-        # The whole stream is read before anything can fail: a status sent while the client was still
+        # The whole stream is read before any status is sent: a status sent while the client was still
         # streaming chunks crashed the client's gRPC core (grpcio 1.85: "ILLEGAL STATE: FORWARDED_BATCH").
-        chunks: list[common_pb2.AdapterChunk] = []
+        # Chunks are hashed and spooled to disk while the rest arrive, so little is left at the end.
+        core = self.core
+        assembler = AdapterAssembler(spool_dir=core.staging_dir if core is not None else None)
         received_at: float | None = None
-        async for chunk in request_iterator:
-            received_at = received_at or time.perf_counter()
-            chunks.append(chunk)
-        core = self._ready()
-        # Joining and hashing hundreds of MiB takes a while: off the event loop, so Generate calls keep streaming.
-        payload = await asyncio.to_thread(_assemble, chunks)
-        result = await core.load_adapter(payload, received_at or time.perf_counter())
+        failure: Exception | None = None
+        try:
+            async for chunk in request_iterator:
+                received_at = received_at or time.perf_counter()
+                if failure is None:
+                    try:
+                        assembler.add(chunk)
+                    except Exception as err:  # noqa: BLE001 - raised below, once the client finished sending
+                        failure = err
+            if failure is not None:
+                raise failure
+            core = self._ready()
+            payload = await asyncio.to_thread(assembler.finish)
+            result = await core.load_adapter(payload, received_at or time.perf_counter())
+        finally:
+            assembler.discard()  # a loaded adapter's file was moved into place: this only drops a rejected one
         return generator_pb2.LoadAdapterResponse(policy_version=result.policy_version, load_seconds=result.load_seconds,
                                                  loaded_versions=result.loaded_versions)
 
@@ -88,11 +99,3 @@ class GeneratorServicer(generator_pb2_grpc.GeneratorServiceServicer):
             policy_version=info.policy_version, loaded_versions=info.loaded_versions,
             max_lora_rank=info.max_lora_rank, engine=info.engine, running_requests=info.running_requests,
             waiting_requests=info.waiting_requests)
-
-
-def _assemble(chunks: list[common_pb2.AdapterChunk]) -> AdapterPayload:
-    """Checks and joins a received adapter stream (raises InvalidRequest naming the bad part)."""
-    assembler = AdapterAssembler()
-    for chunk in chunks:
-        assembler.add(chunk)
-    return assembler.finish()

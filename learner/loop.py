@@ -143,8 +143,8 @@ class TrainingLoop:
         """Serialises the adapter once for this version; pushes it in the background when due."""
         self.status.state = "pushing"
         config_json, tensors = await asyncio.to_thread(self._mirrored, "adapter")
-        self.status.adapter = serialise_adapter(config_json, tensors, self.status.policy_version,
-                                                self.trainer.engine.base_model_id)
+        self.status.adapter = await asyncio.to_thread(serialise_adapter, config_json, tensors,
+                                                      self.status.policy_version, self.trainer.engine.base_model_id)
         metrics.POLICY_VERSION.set(self.status.policy_version)
         due = force or self.status.step % self.config.push.push_every_steps == 0
         if due and self.config.push.generators:

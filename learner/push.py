@@ -21,10 +21,9 @@ from torch import Tensor
 
 from learner import metrics
 from learner.config import PushSettings
-from rlfleet.adapters import AdapterPayload, to_chunks
+from rlfleet.adapters import AdapterPayload, encode_chunks, load_adapter_method
 from rlfleet.client import make_channel
 from rlfleet.config import ClientConfig
-from rlfleet.v1 import generator_pb2_grpc
 
 log = logging.getLogger(__name__)
 
@@ -33,8 +32,10 @@ def serialise_adapter(config_json: str, tensors: dict[str, Tensor], policy_versi
                       base_model_id: str) -> AdapterPayload:
     """The adapter as in-memory safetensors bytes (PEFT's tensor names) plus its PEFT config."""
     weights = safetensors.torch.save(tensors, metadata={"format": "pt"})
-    return AdapterPayload(policy_version=policy_version, base_model_id=base_model_id, config_json=config_json,
-                          weights=weights)
+    payload = AdapterPayload(policy_version=policy_version, base_model_id=base_model_id, config_json=config_json,
+                             weights=weights)
+    _ = payload.checksum  # hashed here, once per version and off the event loop, not when each push starts
+    return payload
 
 
 def _split_host_port(hostport: str) -> tuple[str, int]:
@@ -122,7 +123,7 @@ class AdapterPusher:
             return PushOutcome(target, payload.policy_version, False, time.perf_counter() - start, str(err))
         self.acked[target] = max(self.acked.get(target, 0), int(reply.policy_version))
         metrics.PUSHES.labels("ok").inc()
-        metrics.PUSH_BYTES.inc(len(payload.weights))
+        metrics.PUSH_BYTES.inc(payload.nbytes)
         metrics.GENERATOR_VERSION.labels(target).set(self.acked[target])
         seconds = time.perf_counter() - start
         metrics.PUSH_SECONDS.observe(seconds)
@@ -131,9 +132,8 @@ class AdapterPusher:
     async def _load_adapter(self, target: str, payload: AdapterPayload):
         if target not in self._channels:
             self._channels[target] = make_channel(target, self.client)
-        stub = generator_pb2_grpc.GeneratorServiceStub(self._channels[target])
-        chunks = to_chunks(payload, self.settings.chunk_bytes)
-        return await stub.LoadAdapter(chunks, timeout=self.settings.timeout_seconds)
+        load_adapter = load_adapter_method(self._channels[target])
+        return await load_adapter(encode_chunks(payload, self.settings.chunk_bytes), timeout=self.settings.timeout_seconds)
 
     async def drain(self, timeout: float) -> None:
         """Waits up to `timeout` seconds for pushes in flight (at shutdown)."""

@@ -43,6 +43,32 @@ def channel_options(max_message_bytes: int, keepalive_seconds: float = 30.0) -> 
     ]
 
 
+def add_servicer(add_to_server, servicer, server, raw_requests: Iterable[str] = ()) -> None:
+    """Registers a servicer through its generated `add_XServicer_to_server`, except that the methods
+    named in `raw_requests` receive each request message still serialised (bytes).
+
+    For bulk streams whose servicer reads messages without copying them (LoadAdapter with
+    rlfleet.adapters.decode_chunk); every other method keeps the generated deserializer.
+    """
+    class _Capture:
+        def add_generic_rpc_handlers(self, handlers) -> None:
+            pass
+
+        def add_registered_method_handlers(self, service: str, handlers: dict) -> None:
+            self.service, self.handlers = service, handlers
+
+    capture = _Capture()
+    add_to_server(servicer, capture)
+    raw = set(raw_requests)
+    missing = raw - set(capture.handlers)
+    if missing:
+        raise ValueError(f"{capture.service} has no method {', '.join(sorted(missing))}")
+    handlers = {name: handler._replace(request_deserializer=None) if name in raw else handler
+                for name, handler in capture.handlers.items()}
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(capture.service, handlers),))
+    server.add_registered_method_handlers(capture.service, handlers)
+
+
 class GrpcServer:
     """An aio gRPC server with the standard health and reflection services and rlfleet's interceptors."""
 

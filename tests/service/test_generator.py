@@ -76,6 +76,8 @@ class Running:
     seen_not_serving: bool
     learner_calls_at_serving: int
     first_info: generator_pb2.GeneratorInfo
+    served: Path
+    """The generator's --adapter-dir."""
 
 
 def _wait_serving(target: str, proc: subprocess.Popen, log: Path, limit: float = 300) -> bool:
@@ -131,7 +133,7 @@ def gen(tiny_model_dir, tmp_path_factory):
         calls_at_serving = learner.calls
         first_info = asyncio.run(_info(target))
         yield Running(target, metrics_port, tiny_model_dir, base_id, adapters, learner, seen_not_serving,
-                      calls_at_serving, first_info)
+                      calls_at_serving, first_info, tmp / "served")
     finally:
         proc.send_signal(signal.SIGTERM)
         try:
@@ -318,7 +320,7 @@ def test_bad_adapters_are_rejected_and_the_old_version_keeps_serving(gen):
     config = json.loads(good.config_json)
     bad_targets = dataclasses.replace(good, config_json=json.dumps({**config, "target_modules": ["q_proj", "not_a_layer"]}))
     cases = {
-        "checksum": (good, lambda chunks: chunks[0].header.__setattr__("sha256", "0" * 64)),
+        "checksum": (good, lambda chunks: chunks[0].header.__setattr__("xxh3_128", "0" * 32)),
         "base model": (dataclasses.replace(good, base_model_id="0123456789abcdef"), None),
         "rank": (gen.adapters["rank16"], None),
         "target modules": (bad_targets, None),
@@ -338,12 +340,13 @@ def test_bad_adapters_are_rejected_and_the_old_version_keeps_serving(gen):
         return before, codes, after
 
     before, codes, after = _run(gen.target, body, ClientConfig(max_attempts=1, timeout_seconds=180))
-    assert codes["checksum"][0] == grpc.StatusCode.INVALID_ARGUMENT and "sha256" in codes["checksum"][1]
+    assert codes["checksum"][0] == grpc.StatusCode.INVALID_ARGUMENT and "xxh3_128" in codes["checksum"][1]
     assert codes["base model"][0] == grpc.StatusCode.FAILED_PRECONDITION and "base_model_id" in codes["base model"][1]
     assert codes["rank"][0] == grpc.StatusCode.FAILED_PRECONDITION and "rank 16" in codes["rank"][1]
     assert codes["target modules"][0] == grpc.StatusCode.FAILED_PRECONDITION and "not_a_layer" in codes["target modules"][1]
     assert after.policy_version == before.policy_version
     assert after.completions[0].token_ids == before.completions[0].token_ids
+    assert list((gen.served / ".incoming").iterdir()) == []  # no staged file of a rejected push is left behind
 
 
 def test_cancelling_a_call_aborts_its_generation_and_overload_is_refused(gen):

@@ -1,9 +1,10 @@
-"""Adapter chunking: round trip, checksum/size/order errors, atomic folder, base-model identity."""
+"""Adapter chunking: round trip, hand framing vs protobuf, spooling, checksum/size/order errors, base-model identity."""
 
 from __future__ import annotations
 
 import json
 import struct
+from pathlib import Path
 
 import pytest
 
@@ -12,6 +13,9 @@ from rlfleet.adapters import (
     AdapterPayload,
     adapter_from_dir,
     base_model_id,
+    checksum,
+    decode_chunk,
+    encode_chunks,
     to_chunks,
     write_adapter_dir,
 )
@@ -39,12 +43,70 @@ def test_round_trip_in_small_chunks(tmp_path):
 
 def test_bad_checksum_is_rejected_naming_the_field():
     chunks = list(to_chunks(_payload()))
-    chunks[0].header.sha256 = "0" * 64
+    chunks[0].header.xxh3_128 = "0" * 32
     assembler = AdapterAssembler()
     for chunk in chunks:
         assembler.add(chunk)
-    with pytest.raises(InvalidRequest, match="header.sha256"):
+    with pytest.raises(InvalidRequest, match="header.xxh3_128"):
         assembler.finish()
+
+
+def test_checksum_is_xxh3_128_of_the_bytes_or_the_file(tmp_path):
+    # Pinned XXH3-128 (seed 0) of b"abc": a silent change of algorithm or of hex formatting fails here.
+    assert checksum(b"abc") == "06b05ab6733a618578af5f94892f3950"
+    (tmp_path / "w").write_bytes(b"abc")
+    assert checksum(tmp_path / "w") == checksum(memoryview(b"xabc")[1:]) == checksum(b"abc")
+
+
+@pytest.mark.parametrize("size", [0, 1, 127, 128, 16383, 16384, 3000])
+def test_hand_framed_chunks_are_byte_identical_to_protobuf(size):
+    payload = _payload(max(size, 300))
+    framed = list(encode_chunks(payload, chunk_bytes=max(size, 1)))
+    proto = [c.SerializeToString() for c in to_chunks(payload, chunk_bytes=max(size, 1))]
+    assert framed == proto
+    assert decode_chunk(framed[0]) == proto_header(payload)
+    data = [decode_chunk(raw) for raw in framed[1:]]
+    assert all(isinstance(d, memoryview) for d in data) and b"".join(data) == payload.weights
+
+
+def proto_header(payload: AdapterPayload) -> common_pb2.AdapterHeader:
+    return next(to_chunks(payload)).header
+
+
+def test_decode_chunk_reads_other_encodings_through_protobuf_and_rejects_garbage():
+    # A data field followed by an unknown field (what a newer client might send): not the fast path.
+    raw = common_pb2.AdapterChunk(data=b"xyz").SerializeToString() + b"\x78\x01"
+    assert bytes(decode_chunk(raw)) == b"xyz"
+    with pytest.raises(InvalidRequest, match="chunks"):
+        decode_chunk(b"\x12\x05ab")  # declares 5 bytes, carries 2
+
+
+def test_spooled_stream_lands_in_a_staging_file_that_is_moved_into_place(tmp_path):
+    payload = _payload(10_000)
+    assembler = AdapterAssembler(spool_dir=tmp_path / ".incoming")
+    for raw in encode_chunks(payload, chunk_bytes=999):
+        assembler.add(raw)
+    staged = assembler.finish()
+    assert isinstance(staged.weights, Path) and staged.weights.read_bytes() == payload.weights
+    assert staged.nbytes == len(payload.weights) and staged.tensor_table() == payload.tensor_table()
+    folder = write_adapter_dir(staged, tmp_path / "v3", durable=False)
+    assert not staged.weights.exists() and adapter_from_dir(folder, 3, "base123") == payload
+    assembler.discard()  # after the move: nothing left to drop, and no error
+    assert list((tmp_path / ".incoming").iterdir()) == []
+
+
+def test_rejected_spooled_stream_leaves_no_file(tmp_path):
+    chunks = list(encode_chunks(_payload(10_000), chunk_bytes=999))
+    bad = AdapterAssembler(spool_dir=tmp_path)
+    for raw in chunks[:-1]:
+        bad.add(raw)
+    with pytest.raises(InvalidRequest, match="total_bytes"):
+        bad.finish()
+    abandoned = AdapterAssembler(spool_dir=tmp_path)
+    for raw in chunks[:3]:
+        abandoned.add(raw)
+    abandoned.discard()
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_missing_header_missing_bytes_and_extra_bytes():
