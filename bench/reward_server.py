@@ -6,6 +6,8 @@ For the regex built-in (`think_answer_format`) and Math-Verify (`math_answer`) i
 `rlfleet reward-server` as a subprocess serving that reward, and measures: in-process throughput (items/s, and
 items per CPU-second), service throughput at batch 64 (items/s, and items per CPU-second summed over
 the server, its fork server and its workers), and p50/p99 latency of one Score call per group of 8.
+It also measures the server CPU of an RPC that does no work (ListRewards): the part of the per-batch
+cost that is gRPC's own, and the ceiling it puts on "service items per CPU-second / in-process".
 """
 
 from __future__ import annotations
@@ -83,6 +85,11 @@ async def through_grpc(port: int, server_pid: int, name: str, calls: int, batch:
             reply = await stub.Score(request(batch, f"{name}-b-{i}"))
             done += len(reply.results)
         wall, cpu = time.perf_counter() - wall, tree_cpu_seconds(server_pid) - cpu
+        # The floor: CPU the server spends on one RPC that does nothing (ListRewards), i.e. gRPC itself.
+        cpu_floor = tree_cpu_seconds(server_pid)
+        for _ in range(calls):
+            await stub.ListRewards(reward_pb2.ListRewardsRequest())
+        cpu_floor = (tree_cpu_seconds(server_pid) - cpu_floor) / calls
         latencies = []
         for i in range(calls):
             start = time.perf_counter()
@@ -90,7 +97,7 @@ async def through_grpc(port: int, server_pid: int, name: str, calls: int, batch:
             latencies.append(time.perf_counter() - start)
     q = statistics.quantiles(latencies, n=100)
     return {"items_per_s": done / wall, "items_per_cpu_s": done / max(cpu, 1e-9),
-            "p50_ms": q[49] * 1000, "p99_ms": q[98] * 1000}
+            "p50_ms": q[49] * 1000, "p99_ms": q[98] * 1000, "rpc_floor_cpu_s": cpu_floor}
 
 
 def start_server(workers: int, reward: str) -> tuple[subprocess.Popen, int]:
@@ -129,6 +136,10 @@ def main() -> int:
             proc.wait(30)
         print(f"{name:20s} via gRPC:   {stats['items_per_s']:9.0f} items/s {stats['items_per_cpu_s']:9.0f} items/CPU-s "
               f"p50 {stats['p50_ms']:.2f} ms  p99 {stats['p99_ms']:.2f} ms")
+        # Even with no cost of its own beyond gRPC, a service spends floor + 64 * (1 / local_cpu) per batch.
+        ceiling = (64 / local_cpu) / (64 / local_cpu + stats["rpc_floor_cpu_s"])
+        print(f"{name:20s} per CPU-s vs in-process: {stats['items_per_cpu_s'] / local_cpu:.3f}; an empty RPC costs "
+              f"the server {stats['rpc_floor_cpu_s'] * 1e6:.0f} us of CPU, which alone caps this ratio at {ceiling:.3f}")
     return 0
 
 

@@ -32,17 +32,18 @@ def combine(specs: Sequence[RewardSpec], outcomes: dict[str, list[Outcome]], n: 
     A component that returned None is left out of the sum (not counted as 0); an item whose every
     component is None gets reward 0.0 with status OK and no components (TRL's nansum does the same).
     """
+    columns = [(spec.name, spec.weight, outcomes[spec.name]) for spec in specs]
     scores = []
     for i in range(n):
-        components, errors, status = {}, [], Status.OK
-        for spec in specs:
-            outcome = outcomes[spec.name][i]
+        components, errors, status, total = {}, [], Status.OK, 0.0
+        for name, weight, out in columns:
+            outcome = out[i]
             if outcome.status is not Status.OK:
-                errors.append(f"{spec.name}: {outcome.status.name}: {outcome.error}")
+                errors.append(f"{name}: {outcome.status.name}: {outcome.error}")
                 status = max(status, outcome.status, key=SEVERITY.__getitem__)
             elif outcome.value is not None:
-                components[spec.name] = outcome.value
-        total = sum(spec.weight * components[spec.name] for spec in specs if spec.name in components)
+                components[name] = outcome.value
+                total += weight * outcome.value
         if status is Status.OK and not math.isfinite(total):  # e.g. 1e308 * 10
             status, errors = Status.INVALID_OUTPUT, [f"weighted total {total} is not finite"]
         scores.append(ItemScore(total if status is Status.OK else 0.0, components, status, "; ".join(errors)))
