@@ -68,7 +68,7 @@ class GeneratorServicer(generator_pb2_grpc.GeneratorServiceServicer):
     async def LoadAdapter(self, request_iterator, context) -> generator_pb2.LoadAdapterResponse:
         # The whole stream is read before any status is sent: a status sent while the client was still
         # streaming chunks crashed the client's gRPC core (grpcio 1.85: "ILLEGAL STATE: FORWARDED_BATCH").
-        # Chunks are hashed and spooled to disk while the rest arrive, so little is left at the end.
+        # Chunks are hashed and spooled to a staging file while the rest arrive: little is left at the end.
         core = self.core
         assembler = AdapterAssembler(spool_dir=core.staging_dir if core is not None else None)
         received_at: float | None = None

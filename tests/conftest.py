@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import socket
 
+import grpc.aio
 import pytest
 
 # vLLM in the test process: in-process engine (no worker subprocess), as documented in README.
@@ -14,6 +15,11 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 # any test module (the learner and reference import learner.kernels); without CUDA, interpret always.
 if not os.path.exists("/dev/nvidia0"):
     os.environ.setdefault("TRITON_INTERPRET", "1")
+
+# One reference to gRPC's asyncio runtime for the whole session. Without it the runtime is torn down
+# whenever a test's last aio channel or server is collected and rebuilt by the next one, and that
+# teardown (joining the poller thread) hung a CI run during garbage collection (grpc/grpc#22365).
+grpc.aio.init_grpc_aio()
 
 
 @pytest.fixture(scope="session")
