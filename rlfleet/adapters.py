@@ -150,7 +150,8 @@ def _varint(n: int) -> bytes:
 def encode_chunks(payload: AdapterPayload, chunk_bytes: int = DEFAULT_CHUNK_BYTES) -> Iterator[bytes]:
     """`to_chunks` already serialised, each data slice copied once (protobuf's route copies it three times).
 
-    For a call made with no request serializer (see rlfleet.server.raw_requests).
+    For a call made with no request serializer (`load_adapter_method`); a server reads them with
+    `decode_chunk` (registered through rlfleet.server.add_servicer with raw_requests).
     """
     yield common_pb2.AdapterChunk(header=_header(payload)).SerializeToString()
     view = memoryview(payload.weights)
@@ -303,7 +304,9 @@ class _Spool:
         while (data := self._pieces.get()) is not None:
             if self._error is None:
                 try:
-                    self._file.write(data)  # unbuffered: one write call, which releases the GIL
+                    view = memoryview(data)
+                    while view:  # unbuffered: each write call releases the GIL; a short write is resumed
+                        view = view[self._file.write(view):]
                 except OSError as err:  # e.g. disk full: reported by put() or close()
                     self._error = err
 
