@@ -97,8 +97,10 @@ async def _run_sink(port: int) -> None:
     async def push(request_iterator, context):
         received = 0
         async for chunk in request_iterator:
-            received += len(decode_chunk(chunk)) if received else 1  # the header counts as nothing
-        return (received - 1).to_bytes(8, "little")
+            part = decode_chunk(chunk)
+            if isinstance(part, memoryview):  # not the header
+                received += len(part)
+        return received.to_bytes(8, "little")
 
     server = aio.server(options=channel_options(MAX_MESSAGE))
     handler = grpc.stream_unary_rpc_method_handler(push)

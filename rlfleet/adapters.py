@@ -31,7 +31,7 @@ from pathlib import Path
 import xxhash
 
 from rlfleet.errors import InvalidRequest
-from rlfleet.v1 import common_pb2
+from rlfleet.v1 import common_pb2, generator_pb2
 
 CONFIG_FILE = "adapter_config.json"
 WEIGHTS_FILE = "adapter_model.safetensors"
@@ -162,8 +162,6 @@ def encode_chunks(payload: AdapterPayload, chunk_bytes: int = DEFAULT_CHUNK_BYTE
 
 def load_adapter_method(channel):
     """GeneratorService.LoadAdapter on an aio `channel`, taking `encode_chunks` output instead of messages."""
-    from rlfleet.v1 import generator_pb2
-
     service = generator_pb2.DESCRIPTOR.services_by_name["GeneratorService"]
     return channel.stream_unary(f"/{service.full_name}/{service.methods_by_name['LoadAdapter'].name}",
                                 request_serializer=None,

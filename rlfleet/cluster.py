@@ -46,6 +46,13 @@ class ClusterError(RuntimeError):
 DISTRIBUTED_ENV = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
 
 
+def own_job_environ() -> dict[str, str]:
+    """This process's environment without torch.distributed rendezvous variables, for a child that is
+    its own job: inherited from a launcher or an in-process learner, they would make a learner join a
+    group that is not its own (and reuse a MASTER_PORT already bound)."""
+    return {k: v for k, v in os.environ.items() if k not in DISTRIBUTED_ENV}
+
+
 class LocalCluster:
     """Starts services as child processes (each in its own process group) and stops them on exit."""
 
@@ -58,10 +65,7 @@ class LocalCluster:
         service.log_path = self.run_dir / "logs" / f"{service.name}.log"
         # Several torch processes share the cores: idle OpenMP threads must sleep, not spin (measured
         # in bench/: 1.54 -> 1.28 s per step on 2 cores).
-        # Each service is its own job: torch.distributed rendezvous variables of this process (set by a
-        # launcher, or by an in-process learner) would make a learner join a group that is not its own.
-        inherited = {k: v for k, v in os.environ.items() if k not in DISTRIBUTED_ENV}
-        env = {"OMP_WAIT_POLICY": "PASSIVE", **inherited, "OMP_NUM_THREADS": str(service.threads),
+        env = {"OMP_WAIT_POLICY": "PASSIVE", **own_job_environ(), "OMP_NUM_THREADS": str(service.threads),
                "MKL_NUM_THREADS": str(service.threads), "TOKENIZERS_PARALLELISM": "false",
                "PYTHONUNBUFFERED": "1", **service.env}
         command = [sys.executable, "-m", "rlfleet.cli", service.command, *service.args,

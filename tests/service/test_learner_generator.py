@@ -15,6 +15,7 @@ import pytest
 from learner.config import LearnerConfig
 from learner.server import LearnerServer
 from rlfleet.client import make_channel
+from rlfleet.cluster import own_job_environ
 from rlfleet.health import check
 from rlfleet.rollouts import batch_to_proto
 from rlfleet.v1 import common_pb2, generator_pb2, generator_pb2_grpc, learner_pb2_grpc
@@ -34,8 +35,7 @@ def _start_generator(model: str, tmp: Path) -> tuple[subprocess.Popen, str, Path
             "--max-lora-rank", "8", "--keep-versions", "2", "--enforce-eager", "--gpu-memory-utilization", "0.1",
             "--kv-cache-space-gib", "1", "--adapter-dir", str(tmp / "served"), "--server.grace-seconds", "1"]
     # Not the process-group variables an in-process learner exported (vLLM would read them as its own).
-    env = {k: v for k, v in os.environ.items()
-           if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")}
+    env = own_job_environ()
     env["OMP_NUM_THREADS"] = os.environ.get("OMP_NUM_THREADS", "2")
     with open(log, "wb") as out:
         proc = subprocess.Popen(args, stdout=out, stderr=subprocess.STDOUT, env=env, cwd=ROOT)

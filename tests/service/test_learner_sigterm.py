@@ -15,6 +15,7 @@ import grpc
 import pytest
 
 from rlfleet.client import make_channel
+from rlfleet.cluster import own_job_environ
 from rlfleet.rollouts import batch_to_proto
 from rlfleet.v1 import learner_pb2, learner_pb2_grpc
 from tests.conftest import free_port
@@ -48,11 +49,8 @@ def test_sigterm_checkpoints_and_exits_cleanly(tiny_model_dir, tmp_path):
             "--lora.target-modules", "q_proj", "--lora.target-modules", "v_proj",
             "--source", json.dumps({"type": "push"}), "--server.host", "127.0.0.1", "--server.port", str(port),
             "--server.grace-seconds", "1"]
-    # Without the process-group variables that an in-process learner of an earlier test exported: a
-    # child inheriting them would take itself for a launched rank and reuse the parent's MASTER_PORT.
-    inherited = {k: v for k, v in os.environ.items()
-                 if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")}
-    env = {**inherited, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "2"),
+    # Without the process-group variables that an in-process learner of an earlier test exported.
+    env = {**own_job_environ(), "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "2"),
            "TORCH_EXTENSIONS_DIR": os.environ.get("TORCH_EXTENSIONS_DIR", str(ROOT / ".venv" / "torch_extensions"))}
     with open(log, "wb") as out:
         proc = subprocess.Popen(args, stdout=out, stderr=subprocess.STDOUT, env=env, cwd=ROOT)
