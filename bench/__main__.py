@@ -26,7 +26,7 @@ README = Path(__file__).with_name("README.md")
 PEER_BENCHES = [
     ("reward_server", "bench.reward_server", ["--workers", "1", "--calls", "100"], ["--workers", "1", "--calls", "20"],
      300),
-    ("weight_push", "bench.weight_push", ["--repeats", "3"], ["--sizes", "10", "--repeats", "2"], 420),
+    ("weight_push", "bench.weight_push", [], ["--sizes", "10", "--repeats", "2"], 900),
     ("loss_head", "bench.loss_head", ["--vocab", "32768", "151936"],
      ["--vocab", "32768", "--tokens", "1024", "--repeats", "1"], 300),
     ("reference", "bench.reference", ["--sequences", "32", "--grpc"],

@@ -11,9 +11,12 @@ What is measured, per adapter size, over loopback gRPC between separate processe
 - +1 token: push, then a 1-token Generate on the new version (vLLM copies an adapter into its batch
   slots on first use; this shows what that adds).
 - raw: the same chunks streamed to a sink process that only slices and counts them: the gRPC floor.
-- cold max: the slowest of the `--warmup` untimed pushes that precede the timed ones for each size
-  (the first pushes after a generator starts, or after the adapter size changes, are slower while
-  memory allocators and vLLM's LoRA slots settle; a training run pushes every step).
+- cold max: the slowest of the `--warmup` untimed pushes that precede the timed ones for each size.
+  The first K+1 pushes after a generator starts (K = --keep-versions) write the adapter into fresh
+  tmpfs pages; from then on each push writes over the file of the version it retired
+  (`rlfleet.adapters.keep_as_spare`). On this machine (a Firecracker VM) fresh pages cost the host
+  a fault each: a 320 MiB push took 1.0-1.6 s cold and 0.40-0.50 s warm. A training run pushes
+  every step, so the warm figure is the one it sees.
 
 The generator's adapter cache is a tmpfs (/dev/shm here, a tmpfs mount in the compose files): on
 this machine's virtual disk the page-cache writeback of 320 MiB per push throttled the writer and
@@ -33,6 +36,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import json
 import os
 import shutil
@@ -148,8 +152,9 @@ async def _measure(gen_target: str, sink_target: str, payloads: list[AdapterPayl
         stub, load_adapter = generator_pb2_grpc.GeneratorServiceStub(gen), load_adapter_method(gen)
         push = sink.stream_unary(SINK_METHOD)
         for i, payload in enumerate(payloads):
-            raw = await _push_raw(push, payload)
+            # Both pushes start after the generator has been idle for `settle` s (the sink shares the cores).
             await asyncio.sleep(settle)
+            raw = await _push_raw(push, payload)
             wall, load, first = await _push_generator(load_adapter, stub, payload)
             if i < warmup:
                 times["cold"].append(wall)
@@ -203,10 +208,14 @@ def run(sizes: list[int], repeats: int, workdir: Path, served_dir: Path, log_pat
         _wait_serving(f"127.0.0.1:{gen_port}", generator)
         version = 0
         for size in sizes:
+            # Three distinct weight files, each pushed as several versions: 23 random 320 MiB adapters
+            # would hold 7 GiB in this process. The generator cannot tell (a version is a new adapter).
+            distinct = [synthetic_adapter(model_dir, RANKS[size], version + i + 1) for i in range(3)]
             payloads = []
-            for _ in range(warmup + repeats):
+            for i in range(warmup + repeats):
                 version += 1
-                payloads.append(synthetic_adapter(model_dir, RANKS[size], version))
+                payloads.append(dataclasses.replace(distinct[i % len(distinct)], policy_version=version))
+                _ = payloads[-1].checksum  # before the clock, as for the learner (see synthetic_adapter)
             times = asyncio.run(_measure(f"127.0.0.1:{gen_port}", f"127.0.0.1:{sink_port}", payloads, warmup, settle))
             pushes, raws = times["push"], times["raw"]
             nbytes = len(payloads[-1].weights)
@@ -242,7 +251,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.weight_push", description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", type=int, nargs="+", choices=sorted(RANKS), default=sorted(RANKS),
                         help="adapter sizes in MiB")
-    parser.add_argument("--repeats", type=int, default=5, help="timed pushes per size (p95 over them)")
+    parser.add_argument("--repeats", type=int, default=20,
+                        help="timed pushes per size (p95 over them: with fewer than 20 it is the slowest one)")
     parser.add_argument("--warmup", type=int, default=3,
                         help="untimed pushes per size before them (their worst is shown as 'cold max')")
     parser.add_argument("--workdir", type=Path, default=None, help="where the bench model and adapters go")

@@ -18,7 +18,14 @@ from generator.engines import Engine, EngineRequest, make_engine
 from generator.policy import BaseModelShapes, PolicyVersions, check_adapter
 from generator.prompts import PromptRenderer
 from generator.rollouts import GenerateBatch, GeneratorInfo, GroupResult, LoadResult, Sampling, TokenizedPrompt
-from rlfleet.adapters import AdapterPayload, base_model_id, resolve_model_dir, write_adapter_dir
+from rlfleet.adapters import (
+    WEIGHTS_FILE,
+    AdapterPayload,
+    base_model_id,
+    keep_as_spare,
+    resolve_model_dir,
+    write_adapter_dir,
+)
 from rlfleet.errors import InvalidRequest, Overloaded, Rejected
 
 log = logging.getLogger(__name__)
@@ -207,7 +214,9 @@ class Generator:
         for version in self.versions.retirable():
             self.versions.remove(version)
             await self.engine.unload_adapter(version)
-            shutil.rmtree(self.adapter_dir / f"v{version:010d}", ignore_errors=True)
+            folder = self.adapter_dir / f"v{version:010d}"
+            keep_as_spare(folder / WEIGHTS_FILE, self.staging_dir)  # the next push writes over its pages
+            shutil.rmtree(folder, ignore_errors=True)
             log.info("unloaded policy v%d", version)
         metrics.LOADED_VERSIONS.set(len(self.versions.loaded))
 

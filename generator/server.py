@@ -8,6 +8,7 @@ from generator.config import GeneratorConfig
 from generator.core import Generator
 from generator.learner_sync import pull_current_policy
 from generator.servicer import GeneratorServicer
+from rlfleet.malloc import keep_freed_buffers
 from rlfleet.server import GrpcServer, add_servicer
 from rlfleet.v1 import generator_pb2, generator_pb2_grpc
 
@@ -18,6 +19,7 @@ SERVICE_NAME = generator_pb2.DESCRIPTOR.services_by_name["GeneratorService"].ful
 
 async def serve(config: GeneratorConfig) -> None:
     """Runs the generator until SIGTERM/SIGINT; health turns SERVING only once the current policy is loaded."""
+    keep_freed_buffers()  # LoadAdapter receives 2 MiB messages: reuse their memory instead of faulting it in
     server = GrpcServer(config.server, name="generator")
     servicer = GeneratorServicer()
     # LoadAdapter reads its chunks as bytes: the weights are sliced out without a copy (see rlfleet.adapters).

@@ -10,7 +10,9 @@ Pushing weights is the one bulk transfer in the system, so its hot path avoids c
 are framed and read by hand (`encode_chunks` / `decode_chunk`, byte-identical to protobuf's own
 encoding of `AdapterChunk(data=...)`, which any client may still send), a generator writes each
 slice straight to a staging file while the next ones arrive, and the finished file is renamed
-into place. On a 2-core machine each copy of a 320 MiB adapter cost ~0.1 s of a 0.59 s budget.
+into place. The staging file writes over a retired version's file (`keep_as_spare`) rather than
+into fresh pages. On a 2-core machine each copy of a 320 MiB adapter cost ~0.1 s of a 0.59 s
+budget, and writing into fresh pages twice that.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ import shutil
 import struct
 import tempfile
 import threading
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -280,14 +283,52 @@ class AdapterAssembler:
             self._spool.path.unlink(missing_ok=True)
 
 
+SPARE_PREFIX = ".spare-"
+
+
+def keep_as_spare(weights_file: Path, spool_dir: Path, keep: int = 1) -> None:
+    """Moves a retired adapter's weights file into `spool_dir` for the next `_Spool` to overwrite.
+
+    Overwriting pages a file already owns skips allocating (and, in a VM, the host faulting in) a
+    fresh page for every 4 KiB of the next push. Spares beyond `keep` are deleted, the oldest first.
+    The file must no longer be read by anyone (its version was unloaded from the engine).
+    """
+    if not weights_file.is_file():
+        return
+    spool_dir.mkdir(parents=True, exist_ok=True)
+    os.replace(weights_file, spool_dir / f"{SPARE_PREFIX}{time.monotonic_ns():020d}.safetensors")
+    spares = sorted(spool_dir.glob(f"{SPARE_PREFIX}*"))
+    for old in spares[:max(0, len(spares) - keep)]:
+        old.unlink(missing_ok=True)
+
+
+def _claim_spare(folder: Path, dest: Path) -> bool:
+    """Renames the newest spare in `folder` to `dest`; False when there is none (or another took it)."""
+    for spare in sorted(folder.glob(f"{SPARE_PREFIX}*"), reverse=True):
+        try:
+            os.replace(spare, dest)
+            return True
+        except FileNotFoundError:
+            continue
+    return False
+
+
 class _Spool:
-    """A staging file that a background thread appends each piece to, in order."""
+    """A staging file that a background thread appends each piece to, in order.
+
+    It reuses a spare file from `keep_as_spare` when there is one (written over from offset 0 and
+    truncated to the bytes written on close).
+    """
 
     def __init__(self, folder: Path):
         folder.mkdir(parents=True, exist_ok=True)
         fd, name = tempfile.mkstemp(prefix=".incoming-", suffix=".safetensors", dir=folder)
         self.path = Path(name)
+        if _claim_spare(folder, self.path):  # the rename replaced the empty file `fd` points to
+            os.close(fd)
+            fd = os.open(self.path, os.O_WRONLY)
         self._file = os.fdopen(fd, "wb", buffering=0)
+        self._written = 0
         self._pieces: queue.SimpleQueue[bytes | memoryview | None] = queue.SimpleQueue()
         self._error: OSError | None = None
         self._thread = threading.Thread(target=self._drain, name="adapter-spool", daemon=True)
@@ -304,7 +345,8 @@ class _Spool:
                 try:
                     view = memoryview(data)
                     while view:  # unbuffered: each write call releases the GIL; a short write is resumed
-                        view = view[self._file.write(view):]
+                        n = self._file.write(view)
+                        view, self._written = view[n:], self._written + n
                 except OSError as err:  # e.g. disk full: reported by put() or close()
                     self._error = err
 
@@ -313,6 +355,10 @@ class _Spool:
         if self._thread.is_alive():
             self._pieces.put(None)
             self._thread.join()
+            try:
+                self._file.truncate(self._written)  # a reused spare may have been longer
+            except OSError as err:
+                self._error = self._error or err
             self._file.close()
         if check and self._error is not None:
             raise self._error

@@ -346,7 +346,8 @@ def test_bad_adapters_are_rejected_and_the_old_version_keeps_serving(gen):
     assert codes["target modules"][0] == grpc.StatusCode.FAILED_PRECONDITION and "not_a_layer" in codes["target modules"][1]
     assert after.policy_version == before.policy_version
     assert after.completions[0].token_ids == before.completions[0].token_ids
-    assert list((gen.served / ".incoming").iterdir()) == []  # no staged file of a rejected push is left behind
+    # no staged file of a rejected push is left behind (spares of retired versions may wait there)
+    assert [p for p in (gen.served / ".incoming").iterdir() if not p.name.startswith(".spare-")] == []
 
 
 def test_cancelling_a_call_aborts_its_generation_and_overload_is_refused(gen):

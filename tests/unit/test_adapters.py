@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import platform
 import struct
 from pathlib import Path
 
@@ -16,6 +17,7 @@ from rlfleet.adapters import (
     checksum,
     decode_chunk,
     encode_chunks,
+    keep_as_spare,
     to_chunks,
     write_adapter_dir,
 )
@@ -95,6 +97,23 @@ def test_spooled_stream_lands_in_a_staging_file_that_is_moved_into_place(tmp_pat
     assert list((tmp_path / ".incoming").iterdir()) == []
 
 
+def test_a_spare_file_is_written_over_and_cut_to_the_new_length(tmp_path):
+    spool = tmp_path / ".incoming"
+    for name, size in (("short", 10), ("long", 50_000)):   # keep=1: the older spare is deleted
+        (tmp_path / name).write_bytes(b"z" * size)
+        keep_as_spare(tmp_path / name, spool)
+    (spare,) = spool.iterdir()
+    inode = spare.stat().st_ino
+    payload = _payload(10_000)
+    assembler = AdapterAssembler(spool_dir=spool)
+    for raw in encode_chunks(payload, chunk_bytes=999):
+        assembler.add(raw)
+    staged = assembler.finish()
+    assert staged.weights.stat().st_ino == inode   # the same file (its pages), not a new one
+    assert staged.weights.read_bytes() == payload.weights   # 50,000 bytes cut to the payload's length
+    assert list(spool.iterdir()) == [staged.weights]
+
+
 def test_rejected_spooled_stream_leaves_no_file(tmp_path):
     chunks = list(encode_chunks(_payload(10_000), chunk_bytes=999))
     bad = AdapterAssembler(spool_dir=tmp_path)
@@ -139,3 +158,44 @@ def test_base_model_id_is_stable_and_tells_models_apart(tiny_model_dir, tmp_path
     assert base_model_id(tiny_model_dir) == base_model_id(tiny_model_dir)
     other = build_tiny_model(tmp_path / "other", TinyModelSpec(seed=1))
     assert base_model_id(other) != base_model_id(tiny_model_dir)
+
+
+_MALLOC_PROBE = """
+import ctypes, sys
+from rlfleet.malloc import keep_freed_buffers
+
+class MallInfo2(ctypes.Structure):
+    _fields_ = [(n, ctypes.c_size_t) for n in ("arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks",
+                                               "fsmblks", "uordblks", "fordblks", "keepcost")]
+
+libc = ctypes.CDLL(None)
+libc.mallinfo2.restype = MallInfo2
+size = 8 * 2**20
+ok = keep_freed_buffers(largest_buffer=2**20)
+mmapped = libc.mallinfo2().hblkhd
+buffer = bytearray(size)
+own_mapping = libc.mallinfo2().hblkhd - mmapped
+del buffer
+ok = ok and keep_freed_buffers(largest_buffer=16 * 2**20, keep_bytes=64 * 2**20)
+mmapped = libc.mallinfo2().hblkhd
+buffer = bytearray(size)
+heap_mapping = libc.mallinfo2().hblkhd - mmapped
+del buffer
+print(ok, own_mapping, heap_mapping, libc.mallinfo2().fordblks)
+"""
+
+
+def test_malloc_settings_serve_big_buffers_from_the_heap_and_keep_them_when_freed():
+    import subprocess
+    import sys
+
+    if platform.libc_ver()[0] != "glibc":
+        pytest.skip("mallopt is glibc's")
+    # A fresh process: this one's heap may already hold a free chunk big enough for any request.
+    out = subprocess.run([sys.executable, "-c", _MALLOC_PROBE], capture_output=True, text=True, check=True)
+    ok, own_mapping, heap_mapping, free_in_heap = out.stdout.split()
+    size = 8 * 2**20
+    assert ok == "True"
+    assert int(own_mapping) >= size     # above a 1 MiB threshold: the buffer gets a mapping of its own
+    assert int(heap_mapping) == 0       # below 16 MiB: from the heap...
+    assert int(free_in_heap) >= size    # ...and it stays the process's once freed

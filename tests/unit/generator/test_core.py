@@ -78,13 +78,16 @@ def test_in_flight_call_keeps_its_version_and_it_is_unloaded_after(tiny_model_di
             await _collect(core, _batch(version=1))
         groups = await slow
         await asyncio.sleep(0.05)   # the retirement runs as a background task
-        return loaded_during, groups, core.versions.loaded, sorted(p.name for p in core.adapter_dir.iterdir())
+        return (loaded_during, groups, core.versions.loaded, sorted(p.name for p in core.adapter_dir.iterdir()),
+                list(core.staging_dir.iterdir()))
 
-    loaded_during, groups, loaded_after, dirs = asyncio.run(run())
+    loaded_during, groups, loaded_after, dirs, spares = asyncio.run(run())
     assert loaded_during == [[1, 2], [1, 2, 3]]   # v1 stays while in use
     assert groups[0].policy_version == 1 and len(groups[0].completions[0].token_ids) == 40
     assert loaded_after == [2, 3]
-    assert dirs == ["v0000000002", "v0000000003"]   # v1's folder is gone too
+    assert dirs == [".incoming", "v0000000002", "v0000000003"]   # v1's folder is gone too...
+    # ...and its weights file waits in the staging folder for the next push to write over
+    assert [p.name.startswith(".spare-") for p in spares] == [True] and spares[0].read_bytes() == adapter.weights
 
 
 def test_closing_the_call_aborts_and_frees_capacity(tiny_model_dir, tmp_path):
