@@ -7,7 +7,9 @@ For the regex built-in (`think_answer_format`) and Math-Verify (`math_answer`) i
 items per CPU-second), service throughput at batch 64 (items/s, and items per CPU-second summed over
 the server, its fork server and its workers), and p50/p99 latency of one Score call per group of 8.
 It also measures the server CPU of an RPC that does no work (ListRewards): the part of the per-batch
-cost that is gRPC's own, and the ceiling it puts on "service items per CPU-second / in-process".
+cost that is gRPC's own, and the ceiling it puts on "service items per CPU-second / in-process";
+and the same for a bare grpc.aio server with one no-op method and no rlfleet code at all, the floor
+that any Python gRPC service pays per call on this machine.
 """
 
 from __future__ import annotations
@@ -103,6 +105,50 @@ async def through_grpc(port: int, server_pid: int, name: str, calls: int, batch:
             "p50_ms": q[49] * 1000, "p99_ms": q[98] * 1000, "rpc_floor_cpu_s": cpu_floor}
 
 
+async def _serve_bare(port: int) -> None:
+    """A grpc.aio server with one no-op method and nothing else: no interceptors, health or rlfleet code."""
+    import grpc
+    from grpc import aio
+
+    async def nothing(request: bytes, context) -> bytes:
+        return b""
+
+    server = aio.server()
+    server.add_generic_rpc_handlers([grpc.method_handlers_generic_handler(
+        "bench.Bare", {"Nothing": grpc.unary_unary_rpc_method_handler(nothing)})])
+    server.add_insecure_port(f"127.0.0.1:{port}")
+    await server.start()
+    await server.wait_for_termination()
+
+
+def bare_grpc_floor(calls: int = 2000) -> float:
+    """Server CPU seconds per empty unary RPC of a bare grpc.aio server (this machine's floor for any Python service)."""
+    from grpc import aio
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+    from tests.conftest import free_port
+
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "bench.reward_server", "--bare-server-port", str(port)])
+
+    async def measure() -> float:
+        async with aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+            call = channel.unary_unary("/bench.Bare/Nothing")
+            await asyncio.wait_for(channel.channel_ready(), 30)
+            for _ in range(200):
+                await call(b"")
+            cpu = tree_cpu_seconds(proc.pid)
+            for _ in range(calls):
+                await call(b"")
+            return (tree_cpu_seconds(proc.pid) - cpu) / calls
+
+    try:
+        return asyncio.run(measure())
+    finally:
+        proc.terminate()
+        proc.wait(30)
+
+
 def start_server(workers: int, reward: str) -> tuple[subprocess.Popen, int]:
     from rlfleet.health import check
 
@@ -126,8 +172,15 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--calls", type=int, default=300, help="Score calls per measurement (math: a fifth)")
+    parser.add_argument("--bare-server-port", type=int, help=argparse.SUPPRESS)  # bare_grpc_floor's server
     args = parser.parse_args()
+    if args.bare_server_port:
+        asyncio.run(_serve_bare(args.bare_server_port))
+        return 0
     print(f"reward server: {args.workers} workers; throughput at batch 64, latency per Score call of 8 items")
+    bare = bare_grpc_floor()
+    print(f"a bare grpc.aio server (one no-op method, no rlfleet code) spends {bare * 1e6:.0f} us of CPU per empty "
+          "unary RPC")
     for name, calls in (("think_answer_format", args.calls), ("math_answer", max(args.calls // 5, 10))):
         local, local_cpu = in_process(name, _items(64 * calls), passes=5 if name == "think_answer_format" else 1)
         print(f"{name:20s} in-process: {local:9.0f} items/s {local_cpu:9.0f} items/CPU-s")
@@ -141,8 +194,10 @@ def main() -> int:
               f"p50 {stats['p50_ms']:.2f} ms  p99 {stats['p99_ms']:.2f} ms")
         # Even with no cost of its own beyond gRPC, a service spends floor + 64 * (1 / local_cpu) per batch.
         ceiling = (64 / local_cpu) / (64 / local_cpu + stats["rpc_floor_cpu_s"])
+        bare_ceiling = (64 / local_cpu) / (64 / local_cpu + bare)
         print(f"{name:20s} per CPU-s vs in-process: {stats['items_per_cpu_s'] / local_cpu:.3f}; an empty RPC costs "
-              f"the server {stats['rpc_floor_cpu_s'] * 1e6:.0f} us of CPU, which alone caps this ratio at {ceiling:.3f}")
+              f"the server {stats['rpc_floor_cpu_s'] * 1e6:.0f} us of CPU, which alone caps this ratio at {ceiling:.3f} "
+              f"(the bare server's RPC: {bare_ceiling:.3f})")
     return 0
 
 
