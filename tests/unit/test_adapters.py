@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import platform
 import struct
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -161,7 +163,7 @@ def test_base_model_id_is_stable_and_tells_models_apart(tiny_model_dir, tmp_path
 
 
 _MALLOC_PROBE = """
-import ctypes, sys
+import ctypes
 from rlfleet.malloc import keep_freed_buffers
 
 class MallInfo2(ctypes.Structure):
@@ -186,9 +188,6 @@ print(ok, own_mapping, heap_mapping, libc.mallinfo2().fordblks)
 
 
 def test_malloc_settings_serve_big_buffers_from_the_heap_and_keep_them_when_freed():
-    import subprocess
-    import sys
-
     if platform.libc_ver()[0] != "glibc":
         pytest.skip("mallopt is glibc's")
     # A fresh process: this one's heap may already hold a free chunk big enough for any request.
