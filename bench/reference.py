@@ -30,7 +30,7 @@ def build_model(size: str, dtype: str, workdir: str):
     import torch
     from transformers import AutoModelForCausalLM, Qwen2Config, Qwen2ForCausalLM
 
-    from rlfleet.tiny_model import build_tiny_model
+    from launcher.tiny_model import build_tiny_model
 
     torch_dtype = getattr(torch, dtype)
     if size == "tiny":

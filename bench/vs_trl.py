@@ -3,7 +3,7 @@
     python -m bench.vs_trl [--steps 14] [--warmup 3] [--workdir /tmp/rlfleet-bench] [--quick]
 
 Both systems train the same warm-started tiny model (built once in WORKDIR) on the built-in
-`reverse` task, graded by the same reward functions (rlfleet/task_rewards.py, accuracy + 0.5 x
+`reverse` task, graded by the same reward functions (tasks/rewards.py, accuracy + 0.5 x
 similarity), with the same prompts per step, group size, max new tokens, learning rate (constant,
 AdamW, grad-clip 1.0), LoRA (rank 16, alpha 32, all seven projections), KL coefficient (k3 in the
 loss), fp32, on 2 threads. rlfleet runs as `rlfleet up` (local processes); TRL runs in this process,
@@ -60,7 +60,7 @@ def _content(completions: list) -> list[str]:
 
 def trl_rewards() -> list:
     """The task's reward functions, unchanged, behind the chat-completion unwrapping TRL needs."""
-    from rlfleet.task_rewards import accuracy, similarity
+    from tasks.rewards import accuracy, similarity
 
     def reverse_accuracy(prompts, completions, answer, **columns):
         return accuracy(prompts, _content(completions), answer)

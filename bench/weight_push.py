@@ -50,11 +50,11 @@ from pathlib import Path
 import grpc
 from grpc import aio
 
+from launcher.tiny_model import TinyModelSpec, build_tiny_model
 from rlfleet.adapters import AdapterPayload, base_model_id, decode_chunk, encode_chunks, load_adapter_method
 from rlfleet.client import make_channel
 from rlfleet.config import ClientConfig
 from rlfleet.server import channel_options
-from rlfleet.tiny_model import TinyModelSpec, build_tiny_model
 from rlfleet.v1 import common_pb2, generator_pb2, generator_pb2_grpc
 
 SINK_METHOD = "/bench.Sink/Push"

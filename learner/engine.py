@@ -39,9 +39,9 @@ def token_logprobs(hidden: Tensor, weight: Tensor, targets: Tensor, chunk_size: 
     """log p(target) [N] (and entropy [N], detached) from hidden states [N, H] and the LM head [V, H].
 
     The one place the learner turns hidden states into log-probs: the chunked kernel never holds
-    the [N, V] logits at once (Triton on CUDA, its PyTorch twin elsewhere; learner.kernels logs which).
+    the [N, V] logits at once (Triton on CUDA, its PyTorch twin elsewhere; fused logs which).
     """
-    from learner.kernels import selective_logprobs
+    from fused import selective_logprobs
 
     return selective_logprobs(hidden, weight, targets, chunk_size=chunk_size, return_entropy=return_entropy)
 

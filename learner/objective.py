@@ -1,8 +1,8 @@
 """The policy loss the training step calls: the fused kernel where it covers the config, else learner.algos.
 
-`learner.kernels.fused_policy_loss` computes ratio, clip (low/high, dual), TIS and k3 KL with the
+`fused.fused_policy_loss` computes ratio, clip (low/high, dual), TIS and k3 KL with the
 masked aggregation in one pass (Triton on CUDA, its PyTorch twin on the CPU) and equals
-`learner.algos.policy_loss` for PPO-clip (tests/unit/learner/kernels). GSPO and the k1/k2 KL
+`learner.algos.policy_loss` for PPO-clip (tests/unit/fused). GSPO and the k1/k2 KL
 estimators have no fused form and use the reference implementation. The choice is made once and logged.
 """
 
@@ -13,10 +13,10 @@ from collections.abc import Callable
 
 import torch
 
+from fused import fused_policy_loss, pick_backend
 from learner.algos import aggregate, policy_loss, tis_weight
 from learner.algos.config import AlgoConfig
 from learner.algos.types import PolicyLossInput, PolicyLossOutput, PolicyLossStats
-from learner.kernels import fused_policy_loss, pick_backend
 
 log = logging.getLogger(__name__)
 

@@ -27,7 +27,7 @@ class ReferenceConfig(ServiceConfig):
     head_chunk_tokens: int = Field(1024, ge=1)
     """Completion positions sent to the log-prob kernel at once (rows of its float32 [rows, chunk] logits)."""
     logprob_chunk_size: int = Field(4096, ge=1)
-    """Vocabulary chunk of the selective log-prob kernel (learner/kernels), as the learner's option of that name."""
+    """Vocabulary chunk of the selective log-prob kernel (fused), as the learner's option of that name."""
     device: str = "cpu"
     """torch device, e.g. "cpu" or "cuda:0"."""
     num_threads: int | None = Field(None, ge=1)

@@ -38,7 +38,7 @@ class ReferenceModel:
         streams the vocabulary ([rows, logprob_chunk_size] floats at once); feeding it
         `head_chunk_tokens` rows at a time bounds memory whatever N a batch has.
         """
-        from learner.kernels import selective_logprobs
+        from fused import selective_logprobs
 
         parts = [selective_logprobs(hidden[i:i + self.head_chunk_tokens], self.head_weight,
                                     targets[i:i + self.head_chunk_tokens], chunk_size=self.logprob_chunk_size,

@@ -11,13 +11,13 @@ import sys
 
 # name -> (module with a `main(argv) -> int`, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
-    "tiny-model": ("rlfleet.tiny_model", "build the tiny local test/demo model into a folder"),
+    "tiny-model": ("launcher.tiny_model", "build the tiny local test/demo model into a folder"),
     "generator": ("generator.__main__", "serve rollouts from vLLM with hot-swapped LoRA adapters"),
     "reward-server": ("reward_server.__main__", "serve Python reward scripts or a reward model"),
     "reference": ("reference.__main__", "serve the frozen reference model's per-token log-probs"),
     "learner": ("learner.__main__", "train a LoRA adapter with DeepSpeed and push it to generators"),
-    "up": ("rlfleet.up", "run the whole cluster as local processes (the main job)"),
-    "plot": ("rlfleet.plot", "plot a run's reward, KL, length and throughput to RUN_DIR/training.png"),
+    "up": ("launcher.up", "run the whole cluster as local processes (the main job)"),
+    "plot": ("launcher.plot", "plot a run's reward, KL, length and throughput to RUN_DIR/training.png"),
     "export": ("learner.export", "export a trained adapter; --merge writes a merged Hugging Face model"),
     "health": ("rlfleet.health", "check a service's gRPC health (used by container health checks)"),
 }

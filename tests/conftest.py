@@ -12,7 +12,7 @@ import pytest
 os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 # Triton reads TRITON_INTERPRET when a kernel is decorated, i.e. on first import, which may happen in
-# any test module (the learner and reference import learner.kernels); without CUDA, interpret always.
+# any test module (the learner and reference import fused); without CUDA, interpret always.
 if not os.path.exists("/dev/nvidia0"):
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
@@ -25,7 +25,7 @@ grpc.aio.init_grpc_aio()
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory) -> str:
     """Path of the tiny Llama model + byte tokenizer, built once for the whole test session."""
-    from rlfleet.tiny_model import build_tiny_model
+    from launcher.tiny_model import build_tiny_model
 
     return str(build_tiny_model(tmp_path_factory.mktemp("models") / "tiny"))
 

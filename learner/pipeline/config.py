@@ -26,7 +26,7 @@ class PipelineConfig(ConfigModel):
 
     type: Literal["pipeline"] = "pipeline"
     dataset: str = "builtin:arithmetic"
-    """Prompts: a local JSONL / Parquet / CSV file, or `builtin:NAME` for a synthetic task (see rlfleet.tasks)."""
+    """Prompts: a local JSONL / Parquet / CSV file, or `builtin:NAME` for a synthetic task (see tasks)."""
     prompt_column: str = "prompt"
     """Dataset column holding the prompt text (or a list of chat messages)."""
     answer_column: str = "answer"

@@ -3,18 +3,37 @@
 from __future__ import annotations
 
 import random
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from rlfleet.tasks import PromptRow, builtin_rows
+from tasks import builtin_items
+
+
+@dataclass(frozen=True)
+class PromptRow:
+    """One dataset row: the prompt, its gold answer and any other columns (passed to rewards)."""
+
+    prompt_id: str
+    prompt: str | list[dict[str, str]]  # text, or chat messages
+    answer: str | None = None
+    columns: dict[str, Any] = field(default_factory=dict)
+
+
+def builtin_rows(name: str, train_size: int = 2000, eval_size: int = 200, seed: int = 1234
+                 ) -> tuple[list[PromptRow], list[PromptRow]]:
+    """(train, eval) rows of a built-in task (`tasks`); the answer is also the `answer` column."""
+    train, held_out = builtin_items(name, train_size, eval_size, seed)
+    rows = [PromptRow(f"{name}-{i}", p, a, {"answer": a}) for i, (p, a) in enumerate(train + held_out)]
+    return rows[:len(train)], rows[len(train):]
+
 
 _FORMATS = {".jsonl": "json", ".json": "json", ".parquet": "parquet", ".csv": "csv"}
 
 
 def load_rows(dataset: str, prompt_column: str = "prompt", answer_column: str = "answer",
               eval_fraction: float = 0.0, seed: int = 0) -> tuple[list[PromptRow], list[PromptRow]]:
-    """(train, eval) rows; `builtin:NAME` uses rlfleet.tasks, anything else is a local file read with `datasets`."""
+    """(train, eval) rows; `builtin:NAME` uses tasks, anything else is a local file read with `datasets`."""
     if dataset.startswith("builtin:"):
         return builtin_rows(dataset.split(":", 1)[1], seed=1234 + seed)
     path = Path(dataset)

@@ -6,10 +6,10 @@ import asyncio
 from dataclasses import dataclass
 
 from learner.pipeline.config import PipelineConfig
+from learner.pipeline.dataset import PromptRow
 from learner.pipeline.scoring import RewardService, combine
 from rlfleet.client import make_channel
 from rlfleet.rollouts import Group, Sample, finish_reason_from_proto
-from rlfleet.tasks import PromptRow
 from rlfleet.v1 import common_pb2, generator_pb2, generator_pb2_grpc
 
 

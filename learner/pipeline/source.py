@@ -27,12 +27,11 @@ import grpc
 
 from learner.pipeline import metrics
 from learner.pipeline.config import PipelineConfig
-from learner.pipeline.dataset import Cursor, load_rows
+from learner.pipeline.dataset import Cursor, PromptRow, load_rows
 from learner.pipeline.generators import GeneratorPool
 from learner.pipeline.scoring import ReferenceClient, RewardService, combine
 from learner.sources import RolloutSource
 from rlfleet.rollouts import Batch, Group, RewardStatus, Sample, finish_reason_from_proto
-from rlfleet.tasks import PromptRow
 from rlfleet.v1 import common_pb2, generator_pb2
 
 log = logging.getLogger(__name__)

@@ -19,10 +19,10 @@ from pathlib import Path
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from rlfleet.cluster import LocalCluster, Service
+from launcher.cluster import LocalCluster, Service
+from launcher.launch import Ports, cluster_tables, start_services, wait_for_version
+from launcher.up import UpConfig
 from rlfleet.config import to_toml
-from rlfleet.launch import Ports, cluster_tables, start_services, wait_for_version
-from rlfleet.up import UpConfig
 
 pytestmark = pytest.mark.slow
 

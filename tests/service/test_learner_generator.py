@@ -12,10 +12,10 @@ from pathlib import Path
 
 import pytest
 
+from launcher.cluster import own_job_environ
 from learner.config import LearnerConfig
 from learner.server import LearnerServer
 from rlfleet.client import make_channel
-from rlfleet.cluster import own_job_environ
 from rlfleet.health import check
 from rlfleet.rollouts import batch_to_proto
 from rlfleet.v1 import common_pb2, generator_pb2, generator_pb2_grpc, learner_pb2_grpc

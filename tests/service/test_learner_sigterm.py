@@ -14,8 +14,8 @@ from pathlib import Path
 import grpc
 import pytest
 
+from launcher.cluster import own_job_environ
 from rlfleet.client import make_channel
-from rlfleet.cluster import own_job_environ
 from rlfleet.rollouts import batch_to_proto
 from rlfleet.v1 import learner_pb2, learner_pb2_grpc
 from tests.conftest import free_port

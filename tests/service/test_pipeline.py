@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-from pathlib import Path
 
 import grpc
 import pytest
@@ -23,9 +22,8 @@ from reward_server.server import start_server
 from rlfleet.config import ClientConfig, ServerConfig
 from rlfleet.server import GrpcServer
 from rlfleet.v1 import common_pb2, generator_pb2, generator_pb2_grpc
+from tasks import REWARD_SCRIPT
 from tests.conftest import free_port
-
-TASK_REWARDS = Path(__file__).resolve().parents[2] / "rlfleet" / "task_rewards.py"
 
 
 class ScriptedGenerator(generator_pb2_grpc.GeneratorServiceServicer):
@@ -63,7 +61,7 @@ async def _generator(servicer) -> GrpcServer:
 
 
 def _reward_core() -> RewardCore:
-    core = RewardCore(RewardConfig(script=TASK_REWARDS, reward=["accuracy:1.0", "similarity:0.5"], workers=1))
+    core = RewardCore(RewardConfig(script=REWARD_SCRIPT, reward=["accuracy:1.0", "similarity:0.5"], workers=1))
     core.start_workers()
     return core
 

@@ -134,7 +134,7 @@ def test_a_request_over_4_mib_of_tokens(tmp_path):
     """gRPC's default message limit is 4 MiB; rollout batches are bigger. A 1-layer, width-32 model keeps it fast."""
     from transformers import AutoModelForCausalLM
 
-    from rlfleet.tiny_model import TinyModelSpec, build_tiny_model
+    from launcher.tiny_model import TinyModelSpec, build_tiny_model
 
     path = build_tiny_model(tmp_path / "micro", TinyModelSpec(hidden_size=32, num_layers=1, num_heads=1,
                                                                num_kv_heads=1, intermediate_size=64))

@@ -21,7 +21,7 @@ def classifier_dir(tmp_path_factory) -> str:
     import torch
     from transformers import LlamaConfig, LlamaForSequenceClassification
 
-    from rlfleet.tiny_model import build_tokenizer
+    from launcher.tiny_model import build_tokenizer
 
     out = tmp_path_factory.mktemp("classifier")
     tokenizer = build_tokenizer()

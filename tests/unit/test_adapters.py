@@ -155,7 +155,7 @@ def test_non_lora_config_is_rejected():
 
 
 def test_base_model_id_is_stable_and_tells_models_apart(tiny_model_dir, tmp_path):
-    from rlfleet.tiny_model import TinyModelSpec, build_tiny_model
+    from launcher.tiny_model import TinyModelSpec, build_tiny_model
 
     assert base_model_id(tiny_model_dir) == base_model_id(tiny_model_dir)
     other = build_tiny_model(tmp_path / "other", TinyModelSpec(seed=1))

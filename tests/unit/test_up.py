@@ -9,16 +9,15 @@ from pathlib import Path
 import pytest
 
 from generator.config import GeneratorConfig
+from launcher.launch import Ports, cluster_tables
+from launcher.plot import plot_run
+from launcher.progress import ProgressView
+from launcher.up import UpConfig
 from learner.config import LearnerConfig
-from learner.pipeline.dataset import Cursor, load_rows
+from learner.pipeline.dataset import Cursor, builtin_rows, load_rows
 from reference.config import ReferenceConfig
 from reward_server.config import RewardConfig
 from rlfleet.config import load_config, to_toml
-from rlfleet.launch import Ports, cluster_tables
-from rlfleet.plot import plot_run
-from rlfleet.progress import ProgressView
-from rlfleet.tasks import builtin_rows
-from rlfleet.up import UpConfig
 
 
 def test_cluster_tables_parse_with_each_service_config(tmp_path):

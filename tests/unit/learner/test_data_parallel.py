@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from safetensors.torch import load_file
 
-from rlfleet.cluster import own_job_environ
+from launcher.cluster import own_job_environ
 from tests.conftest import free_port
 
 pytestmark = pytest.mark.slow

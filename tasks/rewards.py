@@ -1,4 +1,4 @@
-"""Reward script of the built-in `reverse` task: `rlfleet reward-server --script rlfleet/task_rewards.py`.
+"""Reward script of the built-in `reverse` task: `rlfleet reward-server --script tasks/rewards.py`.
 
 An ordinary TRL-style reward script (batch form): each function takes the prompts, the completions
 and the dataset's columns as keyword arguments, and returns one float per completion.

@@ -1,4 +1,4 @@
-"""Fused kernels of the learner's loss head: chunked selective log-probs and the fused policy loss.
+"""Fused loss-head kernels shared by the learner and the reference: chunked selective log-probs, fused policy loss.
 
 Each exists twice, a Triton kernel for CUDA and a PyTorch twin of the same math for the CPU;
 `backend="auto"` picks by device (`pick_backend`, logged once per device type).
@@ -9,8 +9,8 @@ Each exists twice, a Triton kernel for CUDA and a PyTorch twin of the same math 
     out.loss.backward()
 """
 
-from learner.kernels.backend import pick_backend
-from learner.kernels.logprobs import selective_logprobs
-from learner.kernels.policy_loss import FusedLossOutput, fused_policy_loss
+from fused.backend import pick_backend
+from fused.logprobs import selective_logprobs
+from fused.policy_loss import FusedLossOutput, fused_policy_loss
 
 __all__ = ["FusedLossOutput", "fused_policy_loss", "pick_backend", "selective_logprobs"]

@@ -7,8 +7,8 @@ import math
 import pytest
 import torch
 
-from learner.kernels import fused_policy_loss
-from learner.kernels.backend import triton_importable
+from fused import fused_policy_loss
+from fused.backend import triton_importable
 
 BACKENDS = ["torch", pytest.param("triton", marks=pytest.mark.skipif(not triton_importable(), reason="no triton"))]
 AGGREGATIONS = ["token_mean", "seq_mean_token_mean", "seq_mean_token_sum"]

@@ -12,7 +12,7 @@ import torch
 def triton_interpreter():
     """TRITON_INTERPRET=1 around each test on machines without CUDA.
 
-    Triton reads it when a kernel is decorated, i.e. when `learner.kernels.*_triton` is first
+    Triton reads it when a kernel is decorated, i.e. when `fused.*_triton` is first
     imported, which happens inside these tests; scoping it keeps other suites' Triton code compiled.
     """
     if torch.cuda.is_available():

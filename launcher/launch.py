@@ -10,13 +10,13 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from rlfleet.cluster import LocalCluster, Service
+from launcher.cluster import LocalCluster, Service
+from launcher.progress import ProgressView
+from launcher.up import BUILTIN_MODEL, UpConfig
 from rlfleet.config import to_toml
-from rlfleet.progress import ProgressView
-from rlfleet.up import BUILTIN_MODEL, UpConfig
+from tasks import REWARD_SCRIPT
 
-log = logging.getLogger("rlfleet.up")
-TASK_REWARDS = Path(__file__).with_name("task_rewards.py")
+log = logging.getLogger("launcher.up")
 
 
 @dataclass
@@ -55,9 +55,9 @@ def prepare_model(config: UpConfig, run_dir: Path) -> tuple[str, float]:
     """The model path to serve; for `builtin:tiny`, builds the tiny model and runs the warm-start phase."""
     if config.model != BUILTIN_MODEL:
         return config.model, 0.0
-    from rlfleet.tasks import builtin_rows
-    from rlfleet.tiny_model import TinyModelSpec, build_tiny_model
-    from rlfleet.warmstart import warm_start
+    from launcher.tiny_model import TinyModelSpec, build_tiny_model
+    from launcher.warmstart import warm_start
+    from learner.pipeline.dataset import builtin_rows
 
     base = build_tiny_model(run_dir / "models" / "tiny", TinyModelSpec(seed=config.seed))
     if config.warmstart_steps == 0 or not config.dataset.startswith("builtin:"):
@@ -72,7 +72,7 @@ def prepare_model(config: UpConfig, run_dir: Path) -> tuple[str, float]:
 
 def cluster_tables(config: UpConfig, model: str, run_dir: Path, ports: Ports) -> dict:
     """One table per service; the same tables a compose deployment reads (compose/cluster*.toml)."""
-    reward_script = str(config.reward_script or TASK_REWARDS)
+    reward_script = str(config.reward_script or REWARD_SCRIPT)
     reference = config.reference_service and config.kl_coef > 0
     return {
         "generator": {"model": model, "dtype": "float32", "enforce_eager": True, "gpu_memory_utilization": 0.1,
@@ -212,7 +212,7 @@ def run_cluster(config: UpConfig) -> int:
     summary = summarise(run_dir, before, after, time.perf_counter() - start, warm_seconds)
     (run_dir / "summary.json").write_text(json.dumps(asdict(summary), indent=1) + "\n")
     if config.plot:
-        from rlfleet.plot import plot_run
+        from launcher.plot import plot_run
 
         plot_run(run_dir)
     print_summary(summary)

@@ -7,8 +7,8 @@ import math
 import pytest
 import torch
 
-from learner.kernels import selective_logprobs
-from learner.kernels.backend import triton_importable
+from fused import selective_logprobs
+from fused.backend import triton_importable
 
 BACKENDS = ["torch", pytest.param("triton", marks=pytest.mark.skipif(not triton_importable(), reason="no triton"))]
 # Per dtype: (atol, rtol) of logprobs / entropy (fp32 outputs) and of grad_hidden (returned in hidden's dtype).
@@ -108,7 +108,7 @@ def test_chunk_size_does_not_change_the_result():
 
 def test_forward_only_under_no_grad_skips_the_gradient_matmul(monkeypatch):
     # Old log-probs are computed under no_grad with LoRA weights that require grad: E_p[w] would be wasted.
-    from learner.kernels import logprobs_torch
+    from fused import logprobs_torch
 
     asked: list[bool] = []
     real = logprobs_torch.lse_stats

@@ -28,8 +28,8 @@ from typing import Literal
 import torch
 from torch import Tensor
 
-from learner.kernels.backend import Backend, resolve_backend
-from learner.kernels.policy_loss_types import LossTerms, RowStats, TokenInputs
+from fused.backend import Backend, resolve_backend
+from fused.policy_loss_types import LossTerms, RowStats, TokenInputs
 
 Aggregation = Literal["token_mean", "seq_mean_token_mean", "seq_mean_token_sum"]
 
@@ -88,10 +88,10 @@ ROW_SCALES: dict[str, Callable[[RowStats, Normalisers], Tensor]] = {
 def _implementation(backend: str) -> ModuleType:
     """The module holding `row_stats` / `token_grads` for a resolved backend (Triton imported only when used)."""
     if backend == "triton":
-        from learner.kernels import policy_loss_triton
+        from fused import policy_loss_triton
 
         return policy_loss_triton
-    from learner.kernels import policy_loss_torch
+    from fused import policy_loss_torch
 
     return policy_loss_torch
 

@@ -15,7 +15,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from rlfleet.tasks import PromptRow
+from learner.pipeline.dataset import PromptRow
 
 log = logging.getLogger(__name__)
 

@@ -1,7 +1,7 @@
 """`rlfleet up`: the whole cluster as local processes from one config — the main job.
 
 With no arguments it builds the tiny local model, warm-starts it on the built-in `reverse` task
-(a visible, documented first phase: see rlfleet/warmstart.py), starts reward, reference and
+(a visible, documented first phase: see launcher/warmstart.py), starts reward, reference and
 generator services, measures the held-out reward, trains with the learner while printing progress,
 measures the held-out reward again and leaves everything in the run directory:
 
@@ -21,7 +21,7 @@ from pydantic import Field
 
 from rlfleet.config import CommandConfig, load_config
 
-log = logging.getLogger("rlfleet.up")
+log = logging.getLogger("launcher.up")
 
 BUILTIN_MODEL = "builtin:tiny"
 BUILTIN_REWARDS = ["accuracy:1.0", "similarity:0.5"]
@@ -36,7 +36,7 @@ class UpConfig(CommandConfig):
     dataset: str = "builtin:reverse"
     """Prompts: `builtin:reverse`, or a local JSONL / Parquet / CSV file with a `prompt` column."""
     reward_script: Path | None = None
-    """Reward script for the reward service; unset uses the built-in task's (rlfleet/task_rewards.py)."""
+    """Reward script for the reward service; unset uses the built-in task's (tasks/rewards.py)."""
     reward: list[str] = BUILTIN_REWARDS
     """Reward functions of the script with weights, `name:weight`."""
     generators: int = Field(1, ge=1, le=16)
@@ -80,7 +80,7 @@ class UpConfig(CommandConfig):
 def main(argv: list[str] | None = None) -> int:
     config = load_config(UpConfig, argv, prog="rlfleet up")
     logging.basicConfig(level=config.log_level, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
-    from rlfleet.launch import run_cluster  # imports torch; after --help has returned
+    from launcher.launch import run_cluster  # imports torch; after --help has returned
 
     return run_cluster(config)
 

@@ -15,7 +15,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from learner.kernels.backend import Backend, resolve_backend
+from fused.backend import Backend, resolve_backend
 
 
 def _target_logits(hidden: Tensor, weight: Tensor, targets: Tensor) -> Tensor:
@@ -28,7 +28,7 @@ class _RecomputedLogprobs(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, hidden: Tensor, weight: Tensor, targets: Tensor, with_entropy: bool) -> tuple[Tensor, Tensor]:
-        from learner.kernels import logprobs_triton
+        from fused import logprobs_triton
 
         lse, entropy = logprobs_triton.lse_stats(hidden, weight, with_entropy)     # [N], [N] | None
         logprobs = torch.where(targets >= 0, _target_logits(hidden, weight, targets) - lse, 0.0)  # [N]
@@ -39,7 +39,7 @@ class _RecomputedLogprobs(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad_logprobs: Tensor, _grad_entropy: Tensor):
-        from learner.kernels import logprobs_triton
+        from fused import logprobs_triton
 
         hidden, weight, targets, lse = ctx.saved_tensors
         grad_out = torch.where(targets >= 0, grad_logprobs.float(), 0.0).contiguous()  # [N]
@@ -55,7 +55,7 @@ class _StreamedLogprobs(torch.autograd.Function):
     @staticmethod
     def forward(ctx, hidden: Tensor, weight: Tensor, targets: Tensor, chunk_size: int,
                 with_entropy: bool, needs_grad: bool) -> tuple[Tensor, Tensor]:
-        from learner.kernels import logprobs_torch
+        from fused import logprobs_torch
 
         lse, entropy, expected_weight = logprobs_torch.lse_stats(
             hidden, weight, chunk_size, with_entropy, with_expectation=needs_grad)  # [N], [N] | None, [N, H] | None

@@ -3,24 +3,18 @@
 Nothing can be downloaded here, so the demo trains on a task generated on the spot. `reverse`:
 the prompt is `reverse:abc`, the answer `cba`. A tiny model learns it as a rule (not a lookup), so
 a held-out split of unseen strings measures learning rather than memorisation. The reward
-functions that grade it live in `rlfleet/task_rewards.py`, an ordinary reward script.
+functions that grade it live in `tasks/rewards.py`, an ordinary reward script. The learner's dataset
+code (`learner/pipeline/dataset.py`) turns these (prompt, answer) pairs into its rows.
 """
 
 from __future__ import annotations
 
 import random
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import dataclass
+from pathlib import Path
 
-
-@dataclass(frozen=True)
-class PromptRow:
-    """One dataset row: the prompt, its gold answer and any other columns (passed to rewards)."""
-
-    prompt_id: str
-    prompt: str | list[dict[str, str]]  # text, or chat messages
-    answer: str | None = None
-    columns: dict[str, Any] = field(default_factory=dict)
+# The reward script that grades every built-in task (an ordinary TRL-style script).
+REWARD_SCRIPT = Path(__file__).with_name("rewards.py")
 
 
 @dataclass(frozen=True)
@@ -39,9 +33,9 @@ class ReverseTask:
 TASKS = {"reverse": ReverseTask()}
 
 
-def builtin_rows(name: str, train_size: int = 2000, eval_size: int = 200, seed: int = 1234
-                 ) -> tuple[list[PromptRow], list[PromptRow]]:
-    """(train, eval) rows of a built-in task; the splits share no prompt."""
+def builtin_items(name: str, train_size: int = 2000, eval_size: int = 200, seed: int = 1234
+                  ) -> tuple[list[tuple[str, str]], list[tuple[str, str]]]:
+    """(train, eval) lists of (prompt, answer) pairs of a built-in task; the splits share no prompt."""
     if name not in TASKS:
         raise ValueError(f"unknown built-in task {name!r}; choose from {sorted(TASKS)}")
     task, rng = TASKS[name], random.Random(seed)
@@ -50,5 +44,4 @@ def builtin_rows(name: str, train_size: int = 2000, eval_size: int = 200, seed: 
         prompt, answer = task.make(rng)
         seen.setdefault(prompt, answer)
     items = list(seen.items())
-    rows = [PromptRow(f"{name}-{i}", p, a, {"answer": a}) for i, (p, a) in enumerate(items)]
-    return rows[:train_size], rows[train_size:]
+    return items[:train_size], items[train_size:]

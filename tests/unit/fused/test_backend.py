@@ -7,13 +7,13 @@ import logging
 import pytest
 import torch
 
-from learner.kernels import backend as backend_module
-from learner.kernels import pick_backend, selective_logprobs
+from fused import backend as backend_module
+from fused import pick_backend, selective_logprobs
 
 
 def test_cpu_picks_torch_and_logs_the_choice_once(caplog, monkeypatch):
     monkeypatch.setattr(backend_module, "_logged", set())
-    with caplog.at_level(logging.INFO, logger="learner.kernels.backend"):
+    with caplog.at_level(logging.INFO, logger="fused.backend"):
         assert pick_backend("cpu") == "torch"
         assert pick_backend(torch.device("cpu")) == "torch"
     assert [r.getMessage() for r in caplog.records] == ["loss-head kernels on cpu use the torch backend"]

@@ -12,7 +12,7 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-from learner.kernels.policy_loss_types import LossTerms, RowStats, TokenInputs
+from fused.policy_loss_types import LossTerms, RowStats, TokenInputs
 
 _STATS = 7  # fields of RowStats, in declaration order
 

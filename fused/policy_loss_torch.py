@@ -1,7 +1,7 @@
 """PyTorch twin of the fused policy-loss kernels: per-sequence sums forward, explicit per-token gradient backward.
 
 The same two functions as `policy_loss_triton`, written with torch ops so that the CPU runs the
-exact math the CUDA kernels run; `learner.kernels.policy_loss` does the aggregation for both.
+exact math the CUDA kernels run; `fused.policy_loss` does the aggregation for both.
 """
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from learner.kernels.policy_loss_types import LossTerms, RowStats, TokenInputs
+from fused.policy_loss_types import LossTerms, RowStats, TokenInputs
 
 
 def _per_token(x: TokenInputs, terms: LossTerms) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
