@@ -9,6 +9,7 @@ from learner.algos.dr_grpo import dr_grpo_advantages
 from learner.algos.gae import gae_advantages
 from learner.algos.grpo import grpo_advantages
 from learner.algos.reinforce_pp import reinforce_pp_advantages
+from learner.algos.reinforce_pp_baseline import reinforce_pp_baseline_advantages
 from learner.algos.rloo import rloo_advantages
 from learner.algos.types import AdvantageInput, AdvantageOutput
 
@@ -18,6 +19,7 @@ ADVANTAGE_ESTIMATORS: dict[str, Callable[[AdvantageInput, object], AdvantageOutp
     "dr_grpo": dr_grpo_advantages,
     "rloo": rloo_advantages,
     "reinforce_pp": reinforce_pp_advantages,
+    "reinforce_pp_baseline": reinforce_pp_baseline_advantages,
     "gae": gae_advantages,
 }
 

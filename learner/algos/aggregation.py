@@ -6,6 +6,8 @@ from collections.abc import Callable
 
 from torch import Tensor
 
+from learner.algos.masked import masked
+
 
 def _num_sequences(mask: Tensor, num_sequences: float | None) -> Tensor | float:
     # Rows without a single trained token (e.g. removed by the overlong filter) are not sequences.
@@ -15,12 +17,12 @@ def _num_sequences(mask: Tensor, num_sequences: float | None) -> Tensor | float:
 def _token_mean(per_token: Tensor, mask: Tensor, num_tokens: float | None, num_sequences: float | None,
                 seq_sum_normaliser: float | None) -> Tensor:
     denominator = num_tokens if num_tokens is not None else mask.sum().clamp(min=1)
-    return (per_token * mask).sum() / denominator  # []
+    return masked(per_token, mask).sum() / denominator  # []
 
 
 def _seq_mean_token_mean(per_token: Tensor, mask: Tensor, num_tokens: float | None, num_sequences: float | None,
                          seq_sum_normaliser: float | None) -> Tensor:
-    per_sequence = (per_token * mask).sum(-1) / mask.sum(-1).clamp(min=1)  # [B]
+    per_sequence = masked(per_token, mask).sum(-1) / mask.sum(-1).clamp(min=1)  # [B]
     return per_sequence.sum() / _num_sequences(mask, num_sequences)  # []
 
 
@@ -28,7 +30,7 @@ def _seq_mean_token_sum(per_token: Tensor, mask: Tensor, num_tokens: float | Non
                         seq_sum_normaliser: float | None) -> Tensor:
     if seq_sum_normaliser is None:
         raise ValueError("seq_sum_normaliser: required by aggregation 'seq_mean_token_sum'")
-    per_sequence = (per_token * mask).sum(-1) / seq_sum_normaliser  # [B]
+    per_sequence = masked(per_token, mask).sum(-1) / seq_sum_normaliser  # [B]
     return per_sequence.sum() / _num_sequences(mask, num_sequences)  # []
 
 

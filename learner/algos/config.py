@@ -50,6 +50,14 @@ class ReinforcePPAdvantage(ConfigModel):
     """Added to the batch std before dividing."""
 
 
+class ReinforcePPBaselineAdvantage(ConfigModel):
+    """REINFORCE++-baseline: reward minus the group mean, then normalised over the whole batch of tokens (Hu et al. 2025)."""
+
+    type: Literal["reinforce_pp_baseline"] = "reinforce_pp_baseline"
+    eps: float = Field(1e-8, ge=0)
+    """Added to the batch std before dividing."""
+
+
 class GAEAdvantage(ConfigModel):
     """PPO with a critic: generalised advantage estimation (Schulman et al. 2016)."""
 
@@ -69,6 +77,7 @@ AdvantageConfig = Annotated[
     | Annotated[DrGRPOAdvantage, Tag("dr_grpo")]
     | Annotated[RLOOAdvantage, Tag("rloo")]
     | Annotated[ReinforcePPAdvantage, Tag("reinforce_pp")]
+    | Annotated[ReinforcePPBaselineAdvantage, Tag("reinforce_pp_baseline")]
     | Annotated[GAEAdvantage, Tag("gae")],
     Discriminator(_type_or("grpo")),
 ]
@@ -138,6 +147,12 @@ class DAPOConfig(ConfigModel):
     """Exclude truncated completions (finish_reason = length) from the loss."""
 
 
+# Estimators under which a group whose rewards are all equal still gets a non-zero advantage:
+# REINFORCE++ has no group baseline (only the batch whitening), GAE's baseline is the critic.
+# GRPO, Dr.GRPO, RLOO centre on the group (exactly 0); REINFORCE++-baseline centres on the group
+# before whitening, which only shifts such a group by the batch mean.
+NONZERO_FOR_EQUAL_REWARDS = frozenset({"reinforce_pp", "gae"})
+
 Aggregation = Literal["token_mean", "seq_mean_token_mean", "seq_mean_token_sum"]
 
 
@@ -145,7 +160,7 @@ class AlgoConfig(ConfigModel):
     """The learner's algorithm, one choice per step of the math."""
 
     advantage: AdvantageConfig = GRPOAdvantage()
-    """Advantage estimator, chosen by `type`: grpo, dr_grpo, rloo, reinforce_pp or gae."""
+    """Advantage estimator, chosen by `type`: grpo, dr_grpo, rloo, reinforce_pp, reinforce_pp_baseline or gae."""
     policy_loss: PolicyLossConfig = PPOClipLoss()
     """Policy loss, chosen by `type`: ppo_clip or gspo."""
     kl: KLConfig = KLConfig()
@@ -168,6 +183,16 @@ class AlgoConfig(ConfigModel):
         # GSPO's objective is a mean over sequences of a sequence-level term; any other mean changes it.
         if self.policy_loss.type == "gspo" and self.aggregation != "seq_mean_token_mean":
             raise ValueError("policy_loss 'gspo' needs aggregation 'seq_mean_token_mean'")
+        # Dr.GRPO is the centred advantage AND a constant length normaliser; with any other aggregation
+        # it is GRPO without the std, and the length bias the paper removes is back.
+        if self.advantage.type == "dr_grpo" and self.aggregation != "seq_mean_token_sum":
+            raise ValueError(f"advantage.type 'dr_grpo' needs aggregation 'seq_mean_token_sum' (with "
+                             f"seq_sum_normaliser = max_tokens), got aggregation '{self.aggregation}'")
+        if self.dapo.dynamic_sampling and self.advantage.type in NONZERO_FOR_EQUAL_REWARDS:
+            raise ValueError(
+                f"dapo.dynamic_sampling drops groups of equal rewards as having zero advantage, but "
+                f"advantage.type '{self.advantage.type}' gives them a non-zero one; use grpo, dr_grpo, rloo or "
+                f"reinforce_pp_baseline, or set dapo.dynamic_sampling = false")
         return self
 
     @property

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 
 import torch
@@ -32,7 +33,10 @@ def policy_loss(inp: PolicyLossInput, config: AlgoConfig) -> PolicyLossOutput:
 
     pg_t is the surrogate of `config.policy_loss` (ppo.py, gspo.py). With kl.mode == "reward" the
     KL is not here: the engine folds -kl.coef * KL into AdvantageInput.token_rewards instead.
+    Positions with mask == 0 contribute nothing to the loss, its gradient or the stats, even when
+    they hold inf or NaN (as in the fused kernel).
     """
+    inp = _zero_padding(inp)
     terms = POLICY_LOSSES[config.policy_loss.type](inp, config.policy_loss)
     weight = tis_weight(inp.old_logprobs, inp.behaviour_logprobs, config.tis.cap)  # [B, T]
     pg_loss = weight * terms.pg_loss  # [B, T]
@@ -43,6 +47,19 @@ def policy_loss(inp: PolicyLossInput, config: AlgoConfig) -> PolicyLossOutput:
     per_token = pg_loss + config.kl.coef * kl if kl_in_loss else pg_loss  # [B, T]
     loss = _aggregate(per_token, inp, config)  # []
     return PolicyLossOutput(loss=loss, stats=_stats(inp, config, terms, weight, pg_loss, kl))
+
+
+def _zero_padding(inp: PolicyLossInput) -> PolicyLossInput:
+    """`inp` with every per-token tensor set to 0 where mask == 0.
+
+    Masking the loss alone is not enough: a NaN old log-prob on padding gives a NaN ratio there, and
+    the backward of a product passes 0 * NaN = NaN to logprobs. torch.where, not a product, for the
+    same reason.
+    """
+    keep = inp.mask != 0  # [B, T]
+    names = ("logprobs", "old_logprobs", "behaviour_logprobs", "advantages", "ref_logprobs", "entropy")
+    return dataclasses.replace(inp, **{name: torch.where(keep, getattr(inp, name), 0.0)
+                                       for name in names if getattr(inp, name) is not None})
 
 
 def _aggregate(per_token: Tensor, inp: PolicyLossInput, config: AlgoConfig) -> Tensor:

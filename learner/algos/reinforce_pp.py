@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import torch
+from torch import Tensor
 
 from learner.algos.config import ReinforcePPAdvantage
-from learner.algos.masked import masked_whiten
+from learner.algos.masked import masked, masked_whiten
 from learner.algos.types import AdvantageInput, AdvantageOutput
 
 
@@ -17,7 +18,13 @@ def reinforce_pp_advantages(inp: AdvantageInput, config: ReinforcePPAdvantage) -
     reward sits on the last token, so every token's return contains it). No group baseline: the
     normalisation is global, so call this on the whole global batch, not per micro-batch.
     """
-    token_rewards = inp.token_rewards * inp.mask if inp.token_rewards is not None else torch.zeros_like(inp.mask)  # [B, T]
-    to_go = token_rewards.flip(-1).cumsum(-1).flip(-1)  # [B, T] sum_{s >= t}
-    returns = inp.rewards[:, None] + to_go  # [B, T]
+    returns = inp.rewards[:, None] + token_rewards_to_go(inp)  # [B, T]
     return AdvantageOutput(advantages=masked_whiten(returns, inp.mask, config.eps))  # [B, T]
+
+
+def token_rewards_to_go(inp: AdvantageInput) -> Tensor:
+    """sum_{s >= t} m_s * token_rewards_s: the per-token part of the undiscounted return (0 without them).  # [B, T]"""
+    if inp.token_rewards is None:
+        return torch.zeros_like(inp.mask)
+    token_rewards = masked(inp.token_rewards, inp.mask)  # [B, T]
+    return token_rewards.flip(-1).cumsum(-1).flip(-1)  # [B, T]

@@ -1,4 +1,4 @@
-"""Group and batch advantage estimators (GRPO, Dr.GRPO, RLOO, REINFORCE++) on hand-derived cases."""
+"""Group and batch advantage estimators (GRPO, Dr.GRPO, RLOO, REINFORCE++, REINFORCE++-baseline) on hand-derived cases."""
 
 from __future__ import annotations
 
@@ -19,7 +19,9 @@ GROUP_IDS = torch.tensor([7, 3, 7, 7, 3])
 def _advantages(advantage: dict, rewards=REWARDS, group_ids=GROUP_IDS, mask=None, token_rewards=None) -> torch.Tensor:
     mask = torch.ones(len(rewards), 2, dtype=torch.float64) if mask is None else mask
     inp = AdvantageInput(rewards=rewards, group_ids=group_ids, mask=mask, token_rewards=token_rewards)
-    return compute_advantages(inp, AlgoConfig(advantage=advantage)).advantages
+    # Dr.GRPO is only accepted with its constant-normaliser aggregation (which does not change advantages).
+    pairing = {"aggregation": "seq_mean_token_sum", "seq_sum_normaliser": 8.0} if advantage["type"] == "dr_grpo" else {}
+    return compute_advantages(inp, AlgoConfig(advantage=advantage, **pairing)).advantages
 
 
 def test_grpo_divides_by_the_bessel_corrected_group_std():
@@ -86,7 +88,8 @@ def _variants(union) -> list[type]:
 
 def test_every_configurable_estimator_is_registered():
     names = {model.model_fields["type"].default for model in _variants(AdvantageConfig)}
-    assert names == set(ADVANTAGE_ESTIMATORS) == {"grpo", "dr_grpo", "rloo", "reinforce_pp", "gae"}
+    assert names == set(ADVANTAGE_ESTIMATORS) == {"grpo", "dr_grpo", "rloo", "reinforce_pp",
+                                                                 "reinforce_pp_baseline", "gae"}
 
 
 def test_bad_shapes_name_the_field():
@@ -104,3 +107,29 @@ def test_reinforce_pp_with_outcome_rewards_only_weights_long_completions_by_thei
     advantages = _advantages({"type": "reinforce_pp", "eps": 0.0}, rewards, torch.tensor([0, 0]), mask)
     s = 1 / math.sqrt(2)
     torch.testing.assert_close(advantages, torch.tensor([[s, s], [-math.sqrt(2), 0.0]], dtype=torch.float64))
+
+
+def test_reinforce_pp_baseline_centres_on_the_group_then_whitens_over_the_batch():
+    # group 0: rewards [1, 0], lengths 2 and 1 -> centred [0.5, -0.5]; group 1: rewards [2, 2] -> [0, 0]
+    # token returns: [0.5, 0.5], [-0.5], [0], [0]; mean over 5 tokens = 0.5 / 5 = 0.1
+    # deviations [0.4, 0.4], [-0.6], [-0.1], [-0.1]; var = (0.16 + 0.16 + 0.36 + 0.01 + 0.01) / 5 = 0.14
+    rewards = torch.tensor([1.0, 0.0, 2.0, 2.0], dtype=torch.float64)
+    mask = torch.tensor([[1.0, 1.0], [1.0, 0.0], [1.0, 0.0], [1.0, 0.0]], dtype=torch.float64)
+    advantages = _advantages({"type": "reinforce_pp_baseline", "eps": 0.0}, rewards, torch.tensor([0, 0, 1, 1]), mask)
+    std = math.sqrt(0.14)
+    expected = torch.tensor([[0.4, 0.4], [-0.6, 0.0], [-0.1, 0.0], [-0.1, 0.0]], dtype=torch.float64) / std
+    torch.testing.assert_close(advantages, expected)
+
+
+def test_reinforce_pp_baseline_adds_token_rewards_after_the_baseline():
+    # the baseline is the mean of the outcome rewards only: centred [0.5, -0.5]
+    # returns-to-go of the token rewards: row 0 [-0.2, 0], row 1 [-0.4, -0.4]
+    # G = [0.3, 0.5], [-0.9, -0.9]; mean -0.25; deviations [0.55, 0.75, -0.65, -0.65]
+    # var = (0.3025 + 0.5625 + 0.4225 + 0.4225) / 4 = 0.4275
+    rewards = torch.tensor([1.0, 0.0], dtype=torch.float64)
+    mask = torch.ones(2, 2, dtype=torch.float64)
+    token_rewards = torch.tensor([[-0.2, 0.0], [0.0, -0.4]], dtype=torch.float64)
+    advantages = _advantages({"type": "reinforce_pp_baseline", "eps": 0.0}, rewards, torch.tensor([5, 5]), mask,
+                             token_rewards)
+    expected = torch.tensor([[0.55, 0.75], [-0.65, -0.65]], dtype=torch.float64) / math.sqrt(0.4275)
+    torch.testing.assert_close(advantages, expected)

@@ -42,6 +42,11 @@ def test_discriminator_picks_the_model():
     ({"kl": {"coef": -0.1}}, "greater than or equal to 0"),
     ({"policy_loss": {"type": "ppo_clip", "dual_clip": 1.0}}, "greater than 1"),
     ({"policy_loss": {"type": "ppo_clip", "clip_low": 1.0}}, "less than 1"),
+    ({"advantage": {"type": "dr_grpo"}}, "advantage.type 'dr_grpo' needs aggregation 'seq_mean_token_sum'.*token_mean"),
+    ({"advantage": {"type": "dr_grpo"}, "aggregation": "seq_mean_token_mean"}, "got aggregation 'seq_mean_token_mean'"),
+    ({"advantage": {"type": "reinforce_pp"}, "dapo": {"dynamic_sampling": True}},
+     "dapo.dynamic_sampling.*advantage.type 'reinforce_pp'"),
+    ({"advantage": {"type": "gae"}, "dapo": {"dynamic_sampling": True}}, "dapo.dynamic_sampling.*advantage.type 'gae'"),
 ])
 def test_bad_combinations_are_rejected(data, message):
     with pytest.raises(ValidationError, match=message):
@@ -61,3 +66,16 @@ def test_a_variant_without_type_is_the_default_one():
     config = AlgoConfig.model_validate({"policy_loss": {"clip_high": 0.3}, "advantage": {"scale_by_std": False}})
     assert (config.policy_loss.type, config.policy_loss.clip_high) == ("ppo_clip", 0.3)
     assert (config.advantage.type, config.advantage.scale_by_std) == ("grpo", False)
+
+
+@pytest.mark.parametrize("advantage", ["grpo", "rloo", "reinforce_pp_baseline"])
+def test_dynamic_sampling_is_accepted_where_equal_rewards_give_zero_advantage(advantage):
+    # (the group-relative part is zero; REINFORCE++-baseline's whitening only shifts it by a batch constant)
+    config = AlgoConfig.model_validate({"advantage": {"type": advantage}, "dapo": {"dynamic_sampling": True}})
+    assert config.dapo.dynamic_sampling
+
+
+def test_dr_grpo_with_its_constant_normaliser_is_accepted():
+    config = AlgoConfig.model_validate({"advantage": {"type": "dr_grpo"}, "aggregation": "seq_mean_token_sum",
+                                        "seq_sum_normaliser": 512, "dapo": {"dynamic_sampling": True}})
+    assert config.advantage.type == "dr_grpo"

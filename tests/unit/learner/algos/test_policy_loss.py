@@ -211,3 +211,34 @@ def test_mismatched_shapes_name_the_field():
     with pytest.raises(ValueError, match="ref_logprobs"):
         PolicyLossInput(logprobs=torch.zeros(2, 3), old_logprobs=torch.zeros(2, 3), behaviour_logprobs=torch.zeros(2, 3),
                         advantages=torch.zeros(2, 3), mask=torch.ones(2, 3), ref_logprobs=torch.zeros(2, 4))
+
+
+@pytest.mark.parametrize("policy", ["ppo_clip", "gspo"])
+def test_nan_and_inf_on_padding_change_neither_loss_nor_gradient(policy):
+    # the same batch twice: zeros on the padded tokens, then NaN / inf there (what a padded
+    # old log-prob or a -inf behaviour log-prob can hold); loss, gradient and stats must agree
+    mask = torch.tensor([[1.0, 1.0, 0.0], [1.0, 0.0, 0.0]], dtype=F64)
+    pad = mask == 0
+
+    def run(fill: float, fill_adv: float):
+        lp = torch.where(pad, fill, torch.tensor([[0.2, -0.1, 0.0], [-0.3, 0.0, 0.0]], dtype=F64)).requires_grad_()
+        inp = PolicyLossInput(
+            logprobs=lp, old_logprobs=torch.where(pad, fill, 0.0 * lp.detach()),
+            behaviour_logprobs=torch.where(pad, -fill, 0.0 * lp.detach()),
+            advantages=torch.where(pad, fill_adv, torch.tensor([[1.0, 1.0, 0.0], [-1.0, 0.0, 0.0]], dtype=F64)),
+            mask=mask, ref_logprobs=torch.where(pad, fill, 0.1 + 0.0 * lp.detach()),
+            entropy=torch.where(pad, fill, torch.ones_like(mask)))
+        config = _config(policy_loss={"type": policy}, kl={"coef": 0.1}, tis={"cap": 2.0},
+                         aggregation="seq_mean_token_mean")
+        out = policy_loss(inp, config)
+        out.loss.backward()
+        return out, lp.grad
+
+    clean, clean_grad = run(0.0, 0.0)
+    for fill, fill_adv in ((float("nan"), float("nan")), (float("inf"), float("-inf"))):
+        dirty, dirty_grad = run(fill, fill_adv)
+        assert torch.isfinite(dirty.loss) and torch.isfinite(dirty_grad).all()
+        torch.testing.assert_close(dirty.loss, clean.loss)
+        torch.testing.assert_close(dirty_grad, clean_grad)
+        for name in ("pg_loss", "kl", "ratio_mean", "tis_weight_mean", "entropy"):
+            torch.testing.assert_close(getattr(dirty.stats, name), getattr(clean.stats, name), msg=name)
