@@ -8,8 +8,9 @@ import sys
 
 from reward_server.config import RewardConfig
 from reward_server.core import RewardCore
-from reward_server.items import RewardItem, Status
+from reward_server.items import RewardItem
 from reward_server.scripts import ScriptError
+from rlfleet.outcomes import RewardStatus
 
 ITEM_KEYS = {"prompt", "completion", "reference", "completion_tokens", "finish_reason"}
 
@@ -55,4 +56,4 @@ def run_check(config: RewardConfig) -> int:
         parts = " ".join(f"{k}={v:g}" for k, v in score.components.items())
         print(f"row {i}: {score.status.name} reward={score.reward:g} {parts} {score.error}".rstrip()
               + f"  | {item.completion[:60]!r}")
-    return 0 if all(s.status is Status.OK for s in scores) else 1
+    return 0 if all(s.status is RewardStatus.OK for s in scores) else 1

@@ -18,36 +18,24 @@ from dataclasses import dataclass
 
 from reward_server import metrics
 from reward_server.config import RewardConfig
-from reward_server.items import SEVERITY, ItemScore, Outcome, RewardItem, RewardSpec, Status
+from reward_server.items import Outcome, RewardItem, RewardSpec
 from reward_server.scripts import ScriptError, ScriptSource, check_value, script_version
 from reward_server.workers import WorkerLimits, WorkerPool
 from rlfleet.errors import NotReady, Overloaded
+from rlfleet.outcomes import ItemScore, RewardStatus, combine
 
 log = logging.getLogger(__name__)
 
 
-def combine(specs: Sequence[RewardSpec], outcomes: dict[str, list[Outcome]], n: int) -> list[ItemScore]:
-    """Per item: weighted sum of the applicable components, and the worst status with every error named.
+def score_items(specs: Sequence[RewardSpec], outcomes: dict[str, list[Outcome]], n: int) -> list[ItemScore]:
+    """Per item, `rlfleet.outcomes.combine` over the functions: weighted sum, worst status, every error named.
 
     A component that returned None is left out of the sum (not counted as 0); an item whose every
     component is None gets reward 0.0 with status OK and no components (TRL's nansum does the same).
     """
     columns = [(spec.name, spec.weight, outcomes[spec.name]) for spec in specs]
-    scores = []
-    for i in range(n):
-        components, errors, status, total = {}, [], Status.OK, 0.0
-        for name, weight, out in columns:
-            outcome = out[i]
-            if outcome.status is not Status.OK:
-                errors.append(f"{name}: {outcome.status.name}: {outcome.error}")
-                status = max(status, outcome.status, key=SEVERITY.__getitem__)
-            elif outcome.value is not None:
-                components[name] = outcome.value
-                total += weight * outcome.value
-        if status is Status.OK and not math.isfinite(total):  # e.g. 1e308 * 10
-            status, errors = Status.INVALID_OUTPUT, [f"weighted total {total} is not finite"]
-        scores.append(ItemScore(total if status is Status.OK else 0.0, components, status, "; ".join(errors)))
-    return scores
+    return [combine((name, weight, out[i].score(name)) for name, weight, out in columns)
+            for i in range(n)]
 
 
 @dataclass
@@ -166,7 +154,7 @@ class RewardCore:
             raise
         outcomes = {spec.name: out for spec, out in zip(self.specs, per_spec, strict=True)}
         self._record(outcomes)
-        return combine(self.specs, outcomes, len(items))
+        return score_items(self.specs, outcomes, len(items))
 
     async def _gather(self, spec: RewardSpec, futures) -> list[Outcome]:
         start = time.perf_counter()
@@ -187,7 +175,7 @@ class RewardCore:
             counts = collections.Counter(o.status.name for o in out)
             for status, count in counts.items():
                 metrics.ITEMS_SCORED.labels(name, status).inc(count)
-            self._window.add(name, [o.value for o in out if o.status is Status.OK and o.value is not None])
+            self._window.add(name, [o.value for o in out if o.status is RewardStatus.OK and o.value is not None])
 
     def close(self) -> None:
         self.pool.close()

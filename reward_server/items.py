@@ -1,24 +1,11 @@
-"""Domain types of the reward server: items to score, per-item outcomes, reward specs."""
+"""Domain types of the reward server: items to score, per-function outcomes, reward specs."""
 
 from __future__ import annotations
 
-import enum
 from dataclasses import dataclass, field
 from typing import Any
 
-
-class Status(enum.IntEnum):
-    """Outcome of scoring one item; values match rlfleet.v1.RewardStatus."""
-
-    OK = 1
-    TIMEOUT = 2
-    ERROR = 3
-    INVALID_OUTPUT = 4
-
-
-# When several functions score one item, the item carries the worst status (a TIMEOUT outranks an ERROR
-# because it also cost a worker restart).
-SEVERITY = {Status.OK: 0, Status.INVALID_OUTPUT: 1, Status.ERROR: 2, Status.TIMEOUT: 3}
+from rlfleet.outcomes import FinishReason, ItemScore, RewardStatus
 
 
 @dataclass(slots=True)
@@ -30,8 +17,8 @@ class RewardItem:
     columns: dict[str, Any] = field(default_factory=dict)
     completion_tokens: int = 0
     """Completion length in tokens; 0 = unknown."""
-    finish_reason: str | None = None
-    """"stop", "length", "abort" or None when unknown."""
+    finish_reason: FinishReason | None = None
+    """Why generation stopped; None when unknown."""
 
     def __reduce__(self):  # a plain tuple pickles ~3x faster than dataclass state (pipes carry many items)
         return RewardItem, (self.prompt, self.completion, self.columns, self.completion_tokens, self.finish_reason)
@@ -45,22 +32,18 @@ class RewardItem:
 class Outcome:
     """What one reward function produced for one item: a value (None = not applicable) or a failure."""
 
-    status: Status
+    status: RewardStatus
     value: float | None = None
     error: str = ""
 
     def __reduce__(self):
         return Outcome, (self.status, self.value, self.error)
 
-
-@dataclass(slots=True)
-class ItemScore:
-    """The combined score of one item over every reward function of the service."""
-
-    reward: float
-    components: dict[str, float]
-    status: Status
-    error: str = ""
+    def score(self, name: str) -> ItemScore:
+        """This outcome as the score of the component `name` (a failure scores 0.0 with no component)."""
+        if self.status is not RewardStatus.OK:
+            return ItemScore(0.0, {}, self.status, f"{self.status.name}: {self.error}")
+        return ItemScore(0.0, {}) if self.value is None else ItemScore(self.value, {name: self.value})
 
 
 @dataclass(frozen=True)

@@ -20,7 +20,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from reward_server.items import Outcome, RewardItem, Status
+from reward_server.items import Outcome, RewardItem
+from rlfleet.outcomes import RewardStatus
 
 MODULE_NAME = "rlfleet_reward_script"
 
@@ -135,15 +136,16 @@ def script_version(source: ScriptSource | None, weights: Sequence[tuple[str, flo
 def check_value(value: Any) -> Outcome:
     """One returned value -> OK (a finite float or None) or INVALID_OUTPUT saying what was wrong."""
     if type(value) is float and math.isfinite(value):  # the common case, without the ABC check below
-        return Outcome(Status.OK, value)
+        return Outcome(RewardStatus.OK, value)
     if value is None:
-        return Outcome(Status.OK, None)
+        return Outcome(RewardStatus.OK, None)
     if isinstance(value, numbers.Real):  # bool included: TRL scripts often return True/False
         number = float(value)
         if math.isfinite(number):
-            return Outcome(Status.OK, number)
-        return Outcome(Status.INVALID_OUTPUT, error=f"returned {number} (not finite)")
-    return Outcome(Status.INVALID_OUTPUT, error=f"returned {type(value).__name__} {str(value)[:80]!r}, not a number")
+            return Outcome(RewardStatus.OK, number)
+        return Outcome(RewardStatus.INVALID_OUTPUT, error=f"returned {number} (not finite)")
+    return Outcome(RewardStatus.INVALID_OUTPUT,
+                   error=f"returned {type(value).__name__} {str(value)[:80]!r}, not a number")
 
 
 def _failure(err: BaseException) -> str:
@@ -164,10 +166,11 @@ def call_batched(function: RewardFunction, items: Sequence[RewardItem]) -> list[
     if hasattr(values, "tolist"):  # numpy arrays and torch tensors
         values = values.tolist()
     if not isinstance(values, list | tuple):
-        bad = Outcome(Status.INVALID_OUTPUT, error=f"returned {type(values).__name__}, not a list of {len(items)}")
+        bad = Outcome(RewardStatus.INVALID_OUTPUT,
+                      error=f"returned {type(values).__name__}, not a list of {len(items)}")
         return [bad] * len(items)
     if len(values) != len(items):
-        bad = Outcome(Status.INVALID_OUTPUT, error=f"returned {len(values)} values for {len(items)} items")
+        bad = Outcome(RewardStatus.INVALID_OUTPUT, error=f"returned {len(values)} values for {len(items)} items")
         return [bad] * len(items)
     return [check_value(v) for v in values]
 
@@ -177,5 +180,5 @@ def call_one(function: RewardFunction, item: RewardItem) -> Outcome:
     try:
         value = function.fn(item.prompt, item.completion, **function.accepted(item.kwargs()))
     except BaseException as err:  # noqa: BLE001 - user code; SystemExit included
-        return Outcome(Status.ERROR, error=_failure(err))
+        return Outcome(RewardStatus.ERROR, error=_failure(err))
     return check_value(value)

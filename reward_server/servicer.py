@@ -5,12 +5,11 @@ from __future__ import annotations
 import json
 
 from reward_server.core import RewardCore
-from reward_server.items import ItemScore, RewardItem
+from reward_server.items import RewardItem
 from rlfleet.errors import InvalidRequest
+from rlfleet.outcomes import ItemScore, finish_reason_from_proto, reward_status_to_proto
 from rlfleet.v1 import common_pb2, reward_pb2, reward_pb2_grpc
 
-FINISH_REASONS = {common_pb2.FINISH_REASON_STOP: "stop", common_pb2.FINISH_REASON_LENGTH: "length",
-                  common_pb2.FINISH_REASON_ABORT: "abort"}
 # Names a reward function already receives positionally or from the item itself.
 RESERVED_COLUMNS = {"prompt", "completion", "prompts", "completions", "completion_tokens", "finish_reason"}
 
@@ -29,8 +28,9 @@ def item_from_proto(index: int, item: reward_pb2.RewardItem) -> RewardItem:
             raise InvalidRequest(field, f"value is not JSON ({err.msg}); columns are JSON-encoded") from None
     if item.HasField("reference") and "answer" not in columns:
         columns["answer"] = item.reference
-    return RewardItem(item.prompt, item.completion, columns, item.completion_tokens,
-                      FINISH_REASONS.get(item.finish_reason))
+    finish_reason = (finish_reason_from_proto(item.finish_reason, f"items[{index}].finish_reason")
+                     if item.finish_reason != common_pb2.FINISH_REASON_UNSPECIFIED else None)
+    return RewardItem(item.prompt, item.completion, columns, item.completion_tokens, finish_reason)
 
 
 def scores_to_proto(scores: list[ItemScore], script_version: str) -> reward_pb2.ScoreResponse:
@@ -38,7 +38,7 @@ def scores_to_proto(scores: list[ItemScore], script_version: str) -> reward_pb2.
     # RewardResult with a components dict (measured: 58 vs 144 us for 64 items).
     response = reward_pb2.ScoreResponse(script_version=script_version)
     for score in scores:
-        result = response.results.add(reward=score.reward, status=int(score.status))
+        result = response.results.add(reward=score.reward, status=reward_status_to_proto(score.status))
         if score.error:
             result.error = score.error
         for name, value in score.components.items():

@@ -27,10 +27,11 @@ from dataclasses import dataclass
 from multiprocessing.connection import wait
 
 from reward_server import metrics
-from reward_server.items import Outcome, RewardItem, Status
+from reward_server.items import Outcome, RewardItem
 from reward_server.sandbox import kill_group
 from reward_server.scripts import ScriptError, ScriptSource
 from reward_server.worker_main import WorkerLimits, worker_main
+from rlfleet.outcomes import RewardStatus
 
 log = logging.getLogger(__name__)
 
@@ -198,7 +199,7 @@ class WorkerPool:
             return None
         if call.outcomes is not None:
             return call.outcomes
-        failure = call.failure or Outcome(Status.ERROR, error=call.raised or "")
+        failure = call.failure or Outcome(RewardStatus.ERROR, error=call.raised or "")
         if len(items) == 1:
             return [failure]
         if task.batched:
@@ -234,7 +235,7 @@ class WorkerPool:
                 worker.process.join(1)
                 message = describe_exit(worker.process.exitcode)
                 self._replace(holder, "crash")
-                return _Call(failure=Outcome(Status.ERROR, error=message), at=done)
+                return _Call(failure=Outcome(RewardStatus.ERROR, error=message), at=done)
             if task.future.cancelled():
                 self._replace(holder, "abandoned")
                 return _Call(abandoned=True)
@@ -242,5 +243,5 @@ class WorkerPool:
                 seen, since = worker.progress.value, time.monotonic()
             if time.monotonic() - since > self.item_timeout:
                 self._replace(holder, "timeout")
-                return _Call(failure=Outcome(Status.TIMEOUT, error=f"no result within {self.item_timeout:g} s; "
+                return _Call(failure=Outcome(RewardStatus.TIMEOUT, error=f"no result within {self.item_timeout:g} s; "
                                                                    "worker killed and replaced"), at=done)

@@ -10,53 +10,18 @@ from __future__ import annotations
 import json
 import math
 from dataclasses import dataclass, field
-from enum import StrEnum
 from typing import Any
 
 from rlfleet.errors import InvalidRequest
+from rlfleet.outcomes import (
+    FinishReason,
+    RewardStatus,
+    finish_reason_from_proto,
+    finish_reason_to_proto,
+    reward_status_from_proto,
+    reward_status_to_proto,
+)
 from rlfleet.v1 import common_pb2
-
-
-class FinishReason(StrEnum):
-    STOP = "stop"
-    LENGTH = "length"
-    ABORT = "abort"
-
-
-class RewardStatus(StrEnum):
-    OK = "ok"
-    TIMEOUT = "timeout"
-    ERROR = "error"
-    INVALID_OUTPUT = "invalid_output"
-
-
-_FINISH_TO_PB = {FinishReason.STOP: common_pb2.FINISH_REASON_STOP, FinishReason.LENGTH: common_pb2.FINISH_REASON_LENGTH,
-                 FinishReason.ABORT: common_pb2.FINISH_REASON_ABORT}
-_FINISH_FROM_PB = {v: k for k, v in _FINISH_TO_PB.items()}
-_STATUS_TO_PB = {RewardStatus.OK: common_pb2.REWARD_STATUS_OK, RewardStatus.TIMEOUT: common_pb2.REWARD_STATUS_TIMEOUT,
-                 RewardStatus.ERROR: common_pb2.REWARD_STATUS_ERROR,
-                 RewardStatus.INVALID_OUTPUT: common_pb2.REWARD_STATUS_INVALID_OUTPUT}
-_STATUS_FROM_PB = {v: k for k, v in _STATUS_TO_PB.items()}
-
-
-def finish_reason_from_proto(value: int, where: str = "finish_reason") -> FinishReason:
-    if value not in _FINISH_FROM_PB:
-        raise InvalidRequest(where, f"unknown or unspecified finish reason {value}")
-    return _FINISH_FROM_PB[value]
-
-
-def finish_reason_to_proto(reason: FinishReason) -> int:
-    return _FINISH_TO_PB[reason]
-
-
-def reward_status_from_proto(value: int, where: str = "reward_status") -> RewardStatus:
-    if value not in _STATUS_FROM_PB:
-        raise InvalidRequest(where, f"unknown or unspecified reward status {value}")
-    return _STATUS_FROM_PB[value]
-
-
-def reward_status_to_proto(status: RewardStatus) -> int:
-    return _STATUS_TO_PB[status]
 
 
 @dataclass

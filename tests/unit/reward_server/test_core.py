@@ -7,34 +7,35 @@ import math
 import pytest
 
 from reward_server.config import RewardConfig, parse_reward
-from reward_server.core import combine
-from reward_server.items import Outcome, RewardItem, RewardSpec, Status
+from reward_server.core import score_items
+from reward_server.items import Outcome, RewardItem, RewardSpec
 from reward_server.scripts import RewardFunction, call_batched, call_one, calling_form, check_value
+from rlfleet.outcomes import RewardStatus
 
 
 def test_combine_weights_skips_none_and_takes_worst_status():
     specs = [RewardSpec("acc", 1.0, "function"), RewardSpec("fmt", 0.2, "builtin")]
     outcomes = {
-        "acc": [Outcome(Status.OK, 1.0), Outcome(Status.OK, None), Outcome(Status.ERROR, error="boom"),
-                Outcome(Status.TIMEOUT, error="slow")],
-        "fmt": [Outcome(Status.OK, 0.5), Outcome(Status.OK, 1.0), Outcome(Status.OK, 1.0),
-                Outcome(Status.INVALID_OUTPUT, error="nan")],
+        "acc": [Outcome(RewardStatus.OK, 1.0), Outcome(RewardStatus.OK, None),
+                Outcome(RewardStatus.ERROR, error="boom"), Outcome(RewardStatus.TIMEOUT, error="slow")],
+        "fmt": [Outcome(RewardStatus.OK, 0.5), Outcome(RewardStatus.OK, 1.0), Outcome(RewardStatus.OK, 1.0),
+                Outcome(RewardStatus.INVALID_OUTPUT, error="nan")],
     }
-    scores = combine(specs, outcomes, 4)
+    scores = score_items(specs, outcomes, 4)
     assert scores[0].reward == pytest.approx(1.1)  # 1.0 * 1 + 0.2 * 0.5
     assert scores[1].reward == pytest.approx(0.2) and scores[1].components == {"fmt": 1.0}  # None left out, not 0
-    assert (scores[2].status, scores[2].reward, scores[2].error) == (Status.ERROR, 0.0, "acc: ERROR: boom")
-    assert scores[3].status is Status.TIMEOUT  # TIMEOUT outranks INVALID_OUTPUT
+    assert (scores[2].status, scores[2].reward, scores[2].error) == (RewardStatus.ERROR, 0.0, "acc: ERROR: boom")
+    assert scores[3].status is RewardStatus.TIMEOUT  # TIMEOUT outranks INVALID_OUTPUT
     assert "acc: TIMEOUT: slow" in scores[3].error and "fmt: INVALID_OUTPUT: nan" in scores[3].error
 
 
 def test_check_value_accepts_finite_numbers_and_none_only():
-    assert check_value(True) == Outcome(Status.OK, 1.0)
-    assert check_value(None) == Outcome(Status.OK, None)
-    assert check_value(math.inf).status is Status.INVALID_OUTPUT
-    assert check_value(float("nan")).status is Status.INVALID_OUTPUT
-    assert check_value("1").status is Status.INVALID_OUTPUT
-    assert check_value([1.0]).status is Status.INVALID_OUTPUT
+    assert check_value(True) == Outcome(RewardStatus.OK, 1.0)
+    assert check_value(None) == Outcome(RewardStatus.OK, None)
+    assert check_value(math.inf).status is RewardStatus.INVALID_OUTPUT
+    assert check_value(float("nan")).status is RewardStatus.INVALID_OUTPUT
+    assert check_value("1").status is RewardStatus.INVALID_OUTPUT
+    assert check_value([1.0]).status is RewardStatus.INVALID_OUTPUT
 
 
 def test_calling_forms_and_column_passing():

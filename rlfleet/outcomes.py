@@ -1,0 +1,118 @@
+"""How a completion ended and how its scoring went: FinishReason, RewardStatus (with its severity order), ItemScore.
+
+One vocabulary for every service and client: the generator reports a FinishReason, the reward
+server gives every item a RewardStatus, and the learner's pipeline combines the ItemScores of
+several reward services with the same `combine` the reward server uses for its functions.
+
+Severity order, least to most severe (an item scored by several functions or services carries the
+most severe status any of them gave it):
+
+    OK < INVALID_OUTPUT < ERROR < TIMEOUT
+
+INVALID_OUTPUT (a NaN, a wrong-length list) means the function ran and answered badly; ERROR means
+it raised; TIMEOUT means it never answered, which also cost the reward server a worker restart
+and may hide whatever else was wrong.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable
+from dataclasses import dataclass
+from enum import StrEnum
+
+from rlfleet.errors import InvalidRequest
+from rlfleet.v1 import common_pb2
+
+
+class FinishReason(StrEnum):
+    """Why generation of one completion stopped (values are what metrics and reward functions see)."""
+
+    STOP = "stop"
+    LENGTH = "length"
+    ABORT = "abort"
+
+
+class RewardStatus(StrEnum):
+    """Outcome of scoring one item; `severity` orders them (see the module docstring)."""
+
+    OK = "ok"
+    TIMEOUT = "timeout"
+    ERROR = "error"
+    INVALID_OUTPUT = "invalid_output"
+
+    @property
+    def severity(self) -> int:
+        return _SEVERITY[self]
+
+
+_SEVERITY = {RewardStatus.OK: 0, RewardStatus.INVALID_OUTPUT: 1, RewardStatus.ERROR: 2, RewardStatus.TIMEOUT: 3}
+
+
+def worst(statuses: Iterable[RewardStatus]) -> RewardStatus:
+    """The most severe of `statuses` (OK when there are none)."""
+    return max(statuses, key=_SEVERITY.__getitem__, default=RewardStatus.OK)
+
+
+_FINISH_TO_PB = {FinishReason.STOP: common_pb2.FINISH_REASON_STOP, FinishReason.LENGTH: common_pb2.FINISH_REASON_LENGTH,
+                 FinishReason.ABORT: common_pb2.FINISH_REASON_ABORT}
+_FINISH_FROM_PB = {v: k for k, v in _FINISH_TO_PB.items()}
+_STATUS_TO_PB = {RewardStatus.OK: common_pb2.REWARD_STATUS_OK, RewardStatus.TIMEOUT: common_pb2.REWARD_STATUS_TIMEOUT,
+                 RewardStatus.ERROR: common_pb2.REWARD_STATUS_ERROR,
+                 RewardStatus.INVALID_OUTPUT: common_pb2.REWARD_STATUS_INVALID_OUTPUT}
+_STATUS_FROM_PB = {v: k for k, v in _STATUS_TO_PB.items()}
+
+
+def finish_reason_from_proto(value: int, where: str = "finish_reason") -> FinishReason:
+    """The wire value as a FinishReason; unspecified or unknown values raise InvalidRequest naming `where`."""
+    if value not in _FINISH_FROM_PB:
+        raise InvalidRequest(where, f"unknown or unspecified finish reason {value}")
+    return _FINISH_FROM_PB[value]
+
+
+def finish_reason_to_proto(reason: FinishReason | str) -> int:
+    return _FINISH_TO_PB[reason]
+
+
+def reward_status_from_proto(value: int, where: str = "reward_status") -> RewardStatus:
+    """The wire value as a RewardStatus; unspecified or unknown values raise InvalidRequest naming `where`."""
+    if value not in _STATUS_FROM_PB:
+        raise InvalidRequest(where, f"unknown or unspecified reward status {value}")
+    return _STATUS_FROM_PB[value]
+
+
+def reward_status_to_proto(status: RewardStatus) -> int:
+    return _STATUS_TO_PB[status]
+
+
+@dataclass(slots=True)
+class ItemScore:
+    """The score of one item: weighted total, unweighted components, status, and the cause when not OK."""
+
+    reward: float
+    components: dict[str, float]
+    status: RewardStatus = RewardStatus.OK
+    error: str = ""
+
+
+def combine(parts: Iterable[tuple[str, float, ItemScore]]) -> ItemScore:
+    """One item's score over named, weighted parts (a service's reward functions, or a learner's reward services).
+
+    The total is the weighted sum of the parts' rewards, reported only when every part is OK (else
+    0.0: a made-up reward is never trained on); the status is the most severe part's, with every
+    failed part's error named. Components keep their names; one that two parts share is kept as
+    `part/name` for the later part. A non-finite total (e.g. 1e308 * 10) is INVALID_OUTPUT.
+    """
+    components: dict[str, float] = {}
+    errors: list[str] = []
+    status, total = RewardStatus.OK, 0.0
+    for name, weight, score in parts:
+        if score.status is not RewardStatus.OK:
+            errors.append(f"{name}: {score.error or score.status.name}")
+            status = worst((status, score.status))
+        total += weight * score.reward
+        for key, value in score.components.items():
+            components[key if key not in components else f"{name}/{key}"] = value
+    if status is RewardStatus.OK and not math.isfinite(total):
+        status, errors = RewardStatus.INVALID_OUTPUT, [f"weighted total {total} is not finite"]
+    return ItemScore(total if status is RewardStatus.OK else 0.0, components, status, "; ".join(errors))
