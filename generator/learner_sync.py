@@ -9,7 +9,7 @@ import time
 import grpc
 
 from generator.core import Generator
-from rlfleet.adapters import AdapterAssembler
+from rlfleet.adapters.receive import receive_adapter
 from rlfleet.client import make_channel
 from rlfleet.config import ClientConfig
 from rlfleet.errors import NotReady
@@ -46,16 +46,8 @@ async def pull_current_policy(core: Generator, address: str, client: ClientConfi
 
 
 async def _pull_once(core: Generator, stub: learner_pb2_grpc.LearnerServiceStub, timeout: float) -> int:
-    assembler = AdapterAssembler(spool_dir=core.staging_dir)
-    received_at: float | None = None
     call = stub.GetPolicy(learner_pb2.GetPolicyRequest(newer_than=0), timeout=timeout, wait_for_ready=True)
-    try:
-        async for chunk in call:
-            received_at = received_at or time.perf_counter()
-            assembler.add(chunk)
-        payload = await asyncio.to_thread(assembler.finish)
-        result = await core.load_adapter(payload, received_at or time.perf_counter())
-    finally:
-        assembler.discard()
+    async with receive_adapter(call, core.staging_dir) as received:
+        result = await core.load_adapter(received.payload, received.first_chunk_at)
     log.info("pulled policy v%d from the learner in %.3f s", result.policy_version, result.load_seconds)
     return result.policy_version

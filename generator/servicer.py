@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
-import time
 from collections.abc import AsyncIterator
 
 from generator.core import Generator
 from generator.rollouts import Completion, GenerateBatch, GroupResult, PromptInput, Sampling
-from rlfleet.adapters import AdapterAssembler
+from rlfleet.adapters.receive import receive_adapter
 from rlfleet.errors import NotReady
 from rlfleet.v1 import common_pb2, generator_pb2, generator_pb2_grpc
 
@@ -66,28 +64,10 @@ class GeneratorServicer(generator_pb2_grpc.GeneratorServiceServicer):
                 yield group_to_proto(group)
 
     async def LoadAdapter(self, request_iterator, context) -> generator_pb2.LoadAdapterResponse:
-        # The whole stream is read before any status is sent: a status sent while the client was still
-        # streaming chunks crashed the client's gRPC core (grpcio 1.85: "ILLEGAL STATE: FORWARDED_BATCH").
         # Chunks are hashed and spooled to a staging file while the rest arrive: little is left at the end.
         core = self.core
-        assembler = AdapterAssembler(spool_dir=core.staging_dir if core is not None else None)
-        received_at: float | None = None
-        failure: Exception | None = None
-        try:
-            async for chunk in request_iterator:
-                received_at = received_at or time.perf_counter()
-                if failure is None:
-                    try:
-                        assembler.add(chunk)
-                    except Exception as err:  # noqa: BLE001 - raised below, once the client finished sending
-                        failure = err
-            if failure is not None:
-                raise failure
-            core = self._ready()
-            payload = await asyncio.to_thread(assembler.finish)
-            result = await core.load_adapter(payload, received_at or time.perf_counter())
-        finally:
-            assembler.discard()  # a loaded adapter's file was moved into place: this only drops a rejected one
+        async with receive_adapter(request_iterator, core.staging_dir if core is not None else None) as received:
+            result = await self._ready().load_adapter(received.payload, received.first_chunk_at)
         return generator_pb2.LoadAdapterResponse(policy_version=result.policy_version, load_seconds=result.load_seconds,
                                                  loaded_versions=result.loaded_versions)
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import platform
 import struct
@@ -11,18 +12,11 @@ from pathlib import Path
 
 import pytest
 
-from rlfleet.adapters import (
-    AdapterAssembler,
-    AdapterPayload,
-    adapter_from_dir,
-    base_model_id,
-    checksum,
-    decode_chunk,
-    encode_chunks,
-    keep_as_spare,
-    to_chunks,
-    write_adapter_dir,
-)
+from rlfleet.adapters.identity import base_model_id
+from rlfleet.adapters.payload import AdapterPayload, adapter_from_dir, checksum, write_adapter_dir
+from rlfleet.adapters.receive import AdapterAssembler, receive_adapter
+from rlfleet.adapters.spool import keep_as_spare
+from rlfleet.adapters.wire import decode_chunk, encode_chunks, to_chunks
 from rlfleet.errors import InvalidRequest
 from rlfleet.v1 import common_pb2
 
@@ -152,6 +146,55 @@ def test_non_lora_config_is_rejected():
     chunks[0].header.adapter_config_json = json.dumps({"peft_type": "PREFIX_TUNING"})
     with pytest.raises(InvalidRequest, match="adapter_config_json"):
         AdapterAssembler().add(chunks[0])
+
+
+class _Sender:
+    """An async stream of chunks that counts how many the reader took."""
+
+    def __init__(self, chunks):
+        self.chunks, self.taken = chunks, 0
+
+    async def __aiter__(self):
+        for chunk in self.chunks:
+            self.taken += 1
+            yield chunk
+
+
+def _receive(sender: _Sender, spool_dir: Path) -> bytes:
+    """Runs `receive_adapter` over `sender`; returns the staged weights read inside the block."""
+    async def run():
+        async with receive_adapter(sender, spool_dir) as received:
+            assert received.payload.weights.parent == spool_dir   # spooled to a file, not kept in memory
+            assert received.first_chunk_at > 0
+            return received.payload.weights.read_bytes()
+    return asyncio.run(run())
+
+
+def test_the_reader_spools_a_whole_stream_and_drops_the_unused_file(tmp_path):
+    payload = _payload(10_000)
+    sender = _Sender(list(encode_chunks(payload, chunk_bytes=999)))
+    assert _receive(sender, tmp_path) == payload.weights
+    assert sender.taken == 1 + 11   # header + ceil(10,000 / 999) slices
+    assert list(tmp_path.iterdir()) == []   # not moved into place inside the block: deleted on leaving it
+
+
+@pytest.mark.parametrize("spoil, match", [
+    ("checksum", "checksum mismatch"), ("short", "total_bytes"), ("second header", "only the first chunk"),
+])
+def test_the_reader_reads_a_bad_stream_to_its_end_then_raises(tmp_path, spoil, match):
+    chunks = list(to_chunks(_payload(10_000), chunk_bytes=999))   # header + 11 slices
+    if spoil == "checksum":
+        chunks[0].header.xxh3_128 = "0" * 32
+    elif spoil == "short":
+        chunks.pop()
+    else:
+        chunks.insert(2, chunks[0])
+    sender = _Sender(chunks)
+    with pytest.raises(InvalidRequest, match=match):
+        _receive(sender, tmp_path)
+    # every chunk taken before the error: a status sent mid-stream crashed the sender's gRPC core
+    assert sender.taken == len(chunks)
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_base_model_id_is_stable_and_tells_models_apart(tiny_model_dir, tmp_path):

@@ -1,4 +1,4 @@
-"""Start-up policy pull against a stand-in learner: adapter, NOT_FOUND (base model), unreachable (give up)."""
+"""Start-up policy pull against a stand-in learner: adapter, corrupt adapter, NOT_FOUND (base model), unreachable."""
 
 from __future__ import annotations
 
@@ -12,9 +12,11 @@ import pytest
 from generator.config import GeneratorConfig
 from generator.core import Generator
 from generator.learner_sync import pull_current_policy
-from rlfleet.adapters import AdapterPayload, adapter_from_dir, base_model_id, to_chunks
+from rlfleet.adapters.identity import base_model_id
+from rlfleet.adapters.payload import AdapterPayload, adapter_from_dir
+from rlfleet.adapters.wire import to_chunks
 from rlfleet.config import ClientConfig
-from rlfleet.errors import NotReady
+from rlfleet.errors import InvalidRequest, NotReady
 from rlfleet.v1 import learner_pb2_grpc
 from tests.conftest import free_port
 
@@ -22,13 +24,18 @@ from tests.conftest import free_port
 class StandInLearner(learner_pb2_grpc.LearnerServiceServicer):
     """The learner's GetPolicy only: streams `payload`, or answers NOT_FOUND when there is none."""
 
-    def __init__(self, payload: AdapterPayload | None):
-        self.payload = payload
+    def __init__(self, payload: AdapterPayload | None, xxh3_128: str | None = None):
+        self.payload, self.xxh3_128 = payload, xxh3_128
 
     def GetPolicy(self, request, context):
         if self.payload is None:
             context.abort(grpc.StatusCode.NOT_FOUND, "no adapter version yet")
-        yield from to_chunks(self.payload, chunk_bytes=10_000)
+        chunks = to_chunks(self.payload, chunk_bytes=10_000)
+        header = next(chunks)
+        if self.xxh3_128 is not None:
+            header.header.xxh3_128 = self.xxh3_128
+        yield header
+        yield from chunks
 
 
 @pytest.fixture(scope="module")
@@ -67,6 +74,17 @@ def test_pulls_and_serves_the_learners_adapter(tiny_model_dir, tmp_path, adapter
         server.stop(0)
     assert version == 5
     assert core.info().policy_version == 5 and core.info().loaded_versions == [5]
+
+
+def test_a_corrupt_adapter_is_refused_by_the_same_reader_as_a_push(tiny_model_dir, tmp_path, adapter):
+    # The message is receive_adapter's, as LoadAdapter's is (tests/unit/test_adapters.py, tests/service/test_generator.py)
+    server, target = _serve(StandInLearner(adapter, xxh3_128="0" * 32))
+    try:
+        with pytest.raises(InvalidRequest, match="checksum mismatch"):
+            _pull(tiny_model_dir, tmp_path, target, wait=10)
+    finally:
+        server.stop(0)
+    assert list((tmp_path / "served" / ".incoming").iterdir()) == []   # the staged file was dropped
 
 
 def test_a_learner_without_adapters_means_the_base_model(tiny_model_dir, tmp_path):
