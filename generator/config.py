@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import ClassVar, Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator
 
 from rlfleet.config import ClientConfig, ServiceConfig
 
@@ -58,8 +58,9 @@ class GeneratorConfig(ServiceConfig):
     seed: int = 0
     """Engine seed (requests without their own seed draw from it)."""
 
-    @model_validator(mode="after")
-    def _check_rank(self) -> GeneratorConfig:
-        if self.max_lora_rank not in VLLM_LORA_RANKS:
-            raise ValueError(f"max_lora_rank must be one of {VLLM_LORA_RANKS}, got {self.max_lora_rank}")
-        return self
+    @field_validator("max_lora_rank")
+    @classmethod
+    def _check_rank(cls, rank: int) -> int:  # a field validator, so the error names --max-lora-rank
+        if rank not in VLLM_LORA_RANKS:
+            raise ValueError(f"must be one of {VLLM_LORA_RANKS}")
+        return rank

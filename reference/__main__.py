@@ -7,11 +7,12 @@ import logging
 import sys
 
 from reference.config import ReferenceConfig
-from rlfleet.config import load_config
+from rlfleet.config import check_model_path, load_config
 
 
 def main(argv: list[str] | None = None) -> int:
     config = load_config(ReferenceConfig, argv, prog="rlfleet reference")
+    check_model_path(config.model, "--model")
     logging.basicConfig(level=config.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     # torch and transformers are imported only here, after --help and config errors have returned.
     from reference.server import serve
@@ -21,4 +22,6 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from rlfleet.cli import run_command
+
+    sys.exit(run_command("reference", sys.argv[1:]))

@@ -10,11 +10,22 @@ import logging
 import sys
 
 from reward_server.config import RewardConfig
-from rlfleet.config import load_config
+from rlfleet.config import ConfigError, check_file, check_model_path, load_config
+
+
+def check_paths(config: RewardConfig) -> None:
+    """Every file the config names exists, before workers or a model start; ConfigError names the option."""
+    for option, path, what in (("--script", config.script, "reward script"), ("--check", config.check, "reward script"),
+                               ("--sample", config.sample, "sample rows file")):
+        if path is not None:
+            check_file(path, option, what)
+    if config.model is not None:
+        check_model_path(config.model, "--model")
 
 
 def main(argv: list[str] | None = None) -> int:
     config = load_config(RewardConfig, argv, prog="rlfleet reward-server")
+    check_paths(config)
     logging.basicConfig(level=config.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     from reward_server.core import RewardCore
     from reward_server.scripts import ScriptError
@@ -26,9 +37,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         core = RewardCore(config)
         core.start_workers()  # before the gRPC server exists: workers are forked
-    except ScriptError as err:
-        print(f"rlfleet reward-server: error: {err}", file=sys.stderr)
-        return 2
+    except ScriptError as err:  # FILE:LINE of the script, or the --reward name it lacks
+        raise ConfigError(str(err)) from None
     from reward_server.server import serve
 
     try:
@@ -39,4 +49,6 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from rlfleet.cli import run_command
+
+    sys.exit(run_command("reward-server", sys.argv[1:]))

@@ -1,7 +1,8 @@
 """The `rlfleet` command: one console script whose subcommands start services and tools.
 
 Subcommands are resolved lazily (a module path, imported on use) so that `rlfleet --help` returns
-at once without importing torch or vLLM.
+at once without importing torch or vLLM. A `ConfigError` from any of them (a bad option value, a
+missing file, a broken reward script) ends as one `rlfleet NAME: error: ...` message and exit code 2.
 """
 
 from __future__ import annotations
@@ -43,6 +44,13 @@ def main(argv: list[str] | None = None) -> int:
     if name not in COMMANDS:
         print(f"rlfleet: unknown command {name!r}\n\n{usage()}", file=sys.stderr)
         return 2
+    return run_command(name, rest)
+
+
+def run_command(name: str, argv: list[str]) -> int:
+    """Runs subcommand `name`; a ConfigError becomes one message on stderr and exit code 2, no traceback."""
+    from rlfleet.config import ConfigError  # pydantic: not needed by `rlfleet --help`
+
     module_name = COMMANDS[name][0]
     try:
         module = importlib.import_module(module_name)
@@ -51,7 +59,11 @@ def main(argv: list[str] | None = None) -> int:
             print(f"rlfleet {name}: not available in this version yet ({module_name} is missing)", file=sys.stderr)
             return 2
         raise
-    return int(module.main(rest) or 0)
+    try:
+        return int(module.main(argv) or 0)
+    except ConfigError as err:
+        print(f"rlfleet {name}: error: {err}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

@@ -11,11 +11,15 @@ Each service declares one `ServiceConfig` subclass whose fields carry a one-line
   `RLFLEET_SERVER__PORT=50052`) override the file.
 - Flags override both. Nested fields are dotted (`--server.port`), lists repeat the flag, dicts
   and lists of objects take JSON. `--print-config` prints the resolved config as TOML and exits.
+
+A value or file the user must fix raises `ConfigError`, whose message names the option or file;
+`rlfleet.cli` prints it as one message and exits 2, with no traceback.
 """
 
 from __future__ import annotations
 
 import argparse
+import difflib
 import json
 import os
 import sys
@@ -23,11 +27,19 @@ import tomllib
 import types
 import typing
 from pathlib import Path
-from typing import Any, ClassVar, Literal, TypeVar
+from typing import Any, ClassVar, Literal, NoReturn, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 ENV_PREFIX = "RLFLEET_"
+
+
+class ConfigError(SystemExit):
+    """A config value, file or input the user must fix; the message names the option or the file.
+
+    `rlfleet.cli` prints it as `PROG: error: MESSAGE` and exits 2 (argparse's code for usage errors).
+    It derives from SystemExit so that a caller that does not catch it still stops without a traceback.
+    """
 
 
 class ConfigModel(BaseModel):
@@ -164,13 +176,23 @@ def _parse_text(text: str, kind: str, flag: str) -> Any:
     try:
         return json.loads(text)
     except json.JSONDecodeError as err:
-        raise SystemExit(f"error: {flag}: expected JSON ({err.msg} at column {err.colno})") from None
+        raise ConfigError(f"{flag}: expected JSON ({err.msg} at column {err.colno})") from None
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse whose errors are a ConfigError naming the option (with the closest real one), not the whole usage."""
+
+    def error(self, message: str) -> NoReturn:
+        if message.startswith("unrecognized arguments:"):
+            unknown = [w.split("=")[0] for w in message.split(":", 1)[1].split() if w.startswith("--")]
+            close = [m for w in unknown for m in difflib.get_close_matches(w, self._option_string_actions, 1)]
+            message += f" (did you mean {' or '.join(close)}?)" if close else ""
+        raise ConfigError(f"{message}; `{self.prog} --help` lists every option")
 
 
 def build_parser(cls: type[CommandConfig], prog: str, description: str = "") -> argparse.ArgumentParser:
     """An argparse parser with one flag per config field (defaults left unset so layers merge)."""
-    parser = argparse.ArgumentParser(prog=prog, description=description or cls.__doc__,
-                                     argument_default=argparse.SUPPRESS)
+    parser = _Parser(prog=prog, description=description or cls.__doc__, argument_default=argparse.SUPPRESS)
     parser.add_argument("--config", type=Path, help=f"TOML file; its [{cls.section}] table (or top level) is read")
     parser.add_argument("--print-config", action="store_true", help="print the resolved config as TOML and exit")
     for path, annotation, help_text in _leaf_fields(cls):
@@ -207,9 +229,11 @@ def _file_layer(cls: type[CommandConfig], path: Path | None) -> dict:
     try:
         data = tomllib.loads(path.read_text())
     except FileNotFoundError:
-        raise SystemExit(f"error: --config: no such file: {path}") from None
+        raise ConfigError(f"--config: no such file: {path}") from None
+    except (OSError, UnicodeDecodeError) as err:
+        raise ConfigError(f"--config: cannot read {path}: {getattr(err, 'strerror', None) or err}") from None
     except tomllib.TOMLDecodeError as err:
-        raise SystemExit(f"error: --config: {path} is not valid TOML: {err}") from None
+        raise ConfigError(f"--config: {path} is not valid TOML: {err}") from None
     table = data.get(cls.section)
     if isinstance(table, dict):
         return table
@@ -232,20 +256,26 @@ def _flag_layer(args: argparse.Namespace, cls: type[BaseModel]) -> dict:
     return layer
 
 
-def _loc_to_flag(loc: tuple) -> str:
-    return _flag(tuple(str(p) for p in loc if not isinstance(p, int))) if loc else "--config"
+def _error_line(error: dict) -> str:
+    """One pydantic error as `--flag: what is wrong (got VALUE)`; a cross-field rule has no flag of its own."""
+    path = tuple(str(p) for p in error["loc"] if not isinstance(p, int))
+    message = error["msg"].removeprefix("Value error, ")
+    if error["type"] == "extra_forbidden":
+        return f"  {'.'.join(path)}: unknown key (there is no option {_flag(path)})"
+    got = "" if error["type"] == "missing" or not path else f" (got {error.get('input')!r})"
+    return f"  {_flag(path) + ': ' if path else ''}{message}{got}"
 
 
 def validate_layers(cls: type[C], *layers: dict) -> C:
-    """Merges layers (later wins) and validates; a bad value exits with a message naming the flag."""
+    """Merges layers (later wins) and validates; a bad value raises ConfigError naming the flag."""
     merged: dict = {}
     for layer in layers:
         merged = _deep_merge(merged, layer)
     try:
         return cls.model_validate(merged)
     except ValidationError as err:
-        lines = [f"  {_loc_to_flag(e['loc'])}: {e['msg']} (got {e.get('input')!r})" for e in err.errors()]
-        raise SystemExit(f"error: invalid {cls.__name__}:\n" + "\n".join(lines)) from None
+        lines = [_error_line(e) for e in err.errors()]
+        raise ConfigError(f"invalid {cls.__name__}:\n" + "\n".join(lines)) from None
 
 
 def load_config(cls: type[C], argv: list[str] | None = None, prog: str = "rlfleet",
@@ -260,6 +290,34 @@ def load_config(cls: type[C], argv: list[str] | None = None, prog: str = "rlflee
         sys.stdout.write(to_toml(config.model_dump(mode="json", exclude_none=True), cls.section))
         raise SystemExit(0)
     return config
+
+
+def check_model_path(model: str | Path, option: str) -> None:
+    """Raises ConfigError when `model` names a local model folder that is missing or holds no config.json.
+
+    A Hugging Face hub name (`org/name`, `gpt2`) passes: transformers and vLLM read a local folder
+    first and otherwise ask the hub, so a name counts as a path only when it cannot be a hub id or
+    its first component exists here (`models/tiny` with a local `models/`).
+    """
+    text = str(model)
+    path = Path(text).expanduser()
+    if path.is_dir():
+        if not (path / "config.json").is_file():
+            raise ConfigError(f"{option}: {text} is a folder without config.json, not a Hugging Face model")
+        return
+    if path.exists():
+        raise ConfigError(f"{option}: {text} is a file; expected a model folder")
+    parts = Path(text).parts
+    hub_id = not path.is_absolute() and not text.startswith((".", "~")) and len(parts) <= 2
+    if not hub_id or (len(parts) == 2 and Path(parts[0]).is_dir()):
+        raise ConfigError(f"{option}: no such model folder: {text}")
+
+
+def check_file(path: Path, option: str, what: str = "file") -> None:
+    """Raises ConfigError naming `option` when `path` is not an existing file."""
+    if not path.is_file():
+        problem = "is a folder" if path.is_dir() else "does not exist"
+        raise ConfigError(f"{option}: {what} {path} {problem}")
 
 
 def _toml_value(value: Any) -> str:

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import csv
+import json
 import random
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from tasks import builtin_items
+from tasks import TASKS, builtin_items
 
 
 @dataclass(frozen=True)
@@ -31,16 +33,73 @@ def builtin_rows(name: str, train_size: int = 2000, eval_size: int = 200, seed: 
 _FORMATS = {".jsonl": "json", ".json": "json", ".parquet": "parquet", ".csv": "csv"}
 
 
+def _local_file(dataset: str) -> Path:
+    path = Path(dataset)
+    if path.suffix not in _FORMATS:
+        raise ValueError(f"dataset {dataset!r}: expected builtin:NAME or a .jsonl/.json/.parquet/.csv file")
+    if not path.is_file():
+        raise ValueError(f"dataset {dataset!r}: {'is a folder' if path.is_dir() else 'no such file'}")
+    return path
+
+
+def _first_record_keys(path: Path, dataset: str) -> list[str]:
+    """Keys of the first record of a JSON Lines file, or of a file holding one JSON array of records."""
+    with open(path, encoding="utf-8") as f:
+        number, line = next(((n, text) for n, text in enumerate(f, 1) if text.strip()), (0, ""))
+    if line.lstrip().startswith("["):
+        records = json.loads(path.read_text(encoding="utf-8"))
+        first = records[0] if records else None
+    else:
+        try:
+            first = json.loads(line) if line else None
+        except json.JSONDecodeError as err:
+            raise ValueError(f"dataset {dataset!r}: line {number} is not JSON ({err.msg})") from None
+    return list(first) if isinstance(first, dict) else []
+
+
+def dataset_columns(dataset: str) -> list[str]:
+    """Column names of a local dataset file from its header or first record only (no `datasets` import)."""
+    path = _local_file(dataset)
+    try:
+        if path.suffix == ".csv":
+            with open(path, newline="", encoding="utf-8") as f:
+                return next(csv.reader(f), [])
+        if path.suffix == ".parquet":
+            import pyarrow
+            import pyarrow.parquet
+
+            try:
+                return list(pyarrow.parquet.read_schema(path).names)
+            except pyarrow.ArrowException as err:
+                raise ValueError(f"dataset {dataset!r}: not a readable Parquet file ({err})") from None
+        return _first_record_keys(path, dataset)
+    except (OSError, UnicodeDecodeError) as err:
+        raise ValueError(f"dataset {dataset!r}: cannot read it ({err})") from None
+    except json.JSONDecodeError as err:
+        raise ValueError(f"dataset {dataset!r}: not valid JSON ({err})") from None
+
+
+def check_dataset(dataset: str, prompt_column: str = "prompt") -> None:
+    """Raises ValueError naming the file when `dataset` is not a known built-in or lacks `prompt_column`.
+
+    Cheap enough to run before a cluster starts; `load_rows` still reads the whole file later."""
+    if dataset.startswith("builtin:"):
+        if dataset.split(":", 1)[1] not in TASKS:
+            raise ValueError(f"dataset {dataset!r}: unknown built-in task; choose from {sorted(TASKS)}")
+        return
+    columns = dataset_columns(dataset)
+    if not columns:
+        raise ValueError(f"dataset {dataset!r}: no records (or its first record is not an object)")
+    if prompt_column not in columns:
+        raise ValueError(f"dataset {dataset!r}: no column {prompt_column!r} (has {columns})")
+
+
 def load_rows(dataset: str, prompt_column: str = "prompt", answer_column: str = "answer",
               eval_fraction: float = 0.0, seed: int = 0) -> tuple[list[PromptRow], list[PromptRow]]:
     """(train, eval) rows; `builtin:NAME` uses tasks, anything else is a local file read with `datasets`."""
     if dataset.startswith("builtin:"):
         return builtin_rows(dataset.split(":", 1)[1], seed=1234 + seed)
-    path = Path(dataset)
-    if path.suffix not in _FORMATS:
-        raise ValueError(f"dataset {dataset!r}: expected builtin:NAME or a .jsonl/.json/.parquet/.csv file")
-    if not path.exists():
-        raise ValueError(f"dataset {dataset!r}: no such file")
+    path = _local_file(dataset)
     from datasets import load_dataset
 
     table = load_dataset(_FORMATS[path.suffix], data_files=str(path), split="train")
