@@ -6,11 +6,12 @@ import asyncio
 import json
 import logging
 import signal
+import sys
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from launcher.cluster import LocalCluster, Service
+from launcher.cluster import ClusterError, LocalCluster, Service
 from launcher.progress import ProgressView
 from launcher.up import BUILTIN_MODEL, UpConfig
 from rlfleet.config import to_toml
@@ -152,7 +153,7 @@ def wait_for_version(address: str, version: int, timeout: float = 60.0) -> int:
 
 
 def train(cluster: LocalCluster, config: UpConfig, cluster_toml: Path, ports: Ports, run_dir: Path) -> Service:
-    """Starts the learner and shows progress until it exits; raises if it fails."""
+    """Starts the learner and shows progress until it exits; raises ClusterError if it fails."""
     learner = cluster.start(Service("learner", "learner", ["--config", str(cluster_toml)], ports.learner,
                                     ports.metrics(ports.learner), threads=2))
     view = ProgressView(run_dir / "metrics.jsonl", config.steps, config.progress)
@@ -162,7 +163,7 @@ def train(cluster: LocalCluster, config: UpConfig, cluster_toml: Path, ports: Po
     view.poll()
     view.close()
     if learner.process.returncode != 0:
-        raise RuntimeError(f"learner exited with code {learner.process.returncode}; end of its log:\n"
+        raise ClusterError(f"learner exited with code {learner.process.returncode}; end of its log:\n"
                            f"{cluster.log_tail(learner)}")
     return learner
 
@@ -207,6 +208,9 @@ def run_cluster(config: UpConfig) -> int:
         print("\ninterrupted: stopping services (the learner checkpoints first)", flush=True)
         cluster.stop_all()
         return 130
+    except ClusterError as err:  # a service failed: its log says why, a traceback of this process would not
+        print(f"rlfleet up: error: {err}", file=sys.stderr, flush=True)
+        return 1
     finally:
         cluster.stop_all()
     summary = summarise(run_dir, before, after, time.perf_counter() - start, warm_seconds)

@@ -14,6 +14,7 @@ measures the held-out reward again and leaves everything in the run directory:
 from __future__ import annotations
 
 import logging
+import sys
 from pathlib import Path
 from typing import ClassVar, Literal
 
@@ -80,11 +81,15 @@ class UpConfig(CommandConfig):
 def main(argv: list[str] | None = None) -> int:
     config = load_config(UpConfig, argv, prog="rlfleet up")
     logging.basicConfig(level=config.log_level, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
-    from launcher.launch import run_cluster  # imports torch; after --help has returned
+    from launcher.checks import check_inputs
+    from launcher.launch import run_cluster
 
+    check_inputs(config)  # before anything starts: a bad input costs a second, not a warm-start and a start-up
     return run_cluster(config)
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    from rlfleet.cli import run_command
+
+    raise SystemExit(run_command("up", sys.argv[1:]))
 

@@ -1,22 +1,27 @@
-"""`rlfleet up` pieces: its cluster tables parse with every service's config, datasets, cursor, progress, plot."""
+"""`rlfleet up` pieces: cluster tables, datasets, cursor, progress, plot, and the input checks run before anything starts."""
 
 from __future__ import annotations
 
 import io
 import json
+import socket
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
 from generator.config import GeneratorConfig
+from launcher.cluster import own_job_environ
 from launcher.launch import Ports, cluster_tables
 from launcher.plot import plot_run
 from launcher.progress import ProgressView
 from launcher.up import UpConfig
 from learner.config import LearnerConfig
-from learner.pipeline.dataset import Cursor, builtin_rows, load_rows
+from learner.pipeline.dataset import Cursor, builtin_rows, check_dataset, load_rows
 from reference.config import ReferenceConfig
 from reward_server.config import RewardConfig
+from rlfleet import cli
 from rlfleet.config import load_config, to_toml
 
 
@@ -109,3 +114,99 @@ def test_plot_writes_a_png(tmp_path):
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     with pytest.raises(FileNotFoundError):
         plot_run(tmp_path / "missing")
+
+
+def test_check_dataset_reads_only_the_header_or_first_record(tmp_path):
+    (tmp_path / "a.jsonl").write_text('\n{"prompt": "p", "answer": 1}\n{"broken\n')  # only the first record is read
+    (tmp_path / "b.json").write_text('[{"question": "q"}]')
+    (tmp_path / "c.csv").write_text("prompt,answer\np,1\n")
+    (tmp_path / "d.jsonl").write_text('\n\n{"prompt": "p",\n')
+    (tmp_path / "e.jsonl").write_text("")
+    check_dataset(str(tmp_path / "a.jsonl"))
+    check_dataset(str(tmp_path / "c.csv"))
+    check_dataset(str(tmp_path / "b.json"), prompt_column="question")
+    check_dataset("builtin:reverse")
+    with pytest.raises(ValueError, match=r"b\.json'.*no column 'prompt' \(has \['question'\]\)"):
+        check_dataset(str(tmp_path / "b.json"))
+    with pytest.raises(ValueError, match=r"d\.jsonl': line 3 is not JSON"):  # two blank lines, then the record
+        check_dataset(str(tmp_path / "d.jsonl"))
+    with pytest.raises(ValueError, match=r"e\.jsonl': no records"):
+        check_dataset(str(tmp_path / "e.jsonl"))
+    with pytest.raises(ValueError, match="no such file"):
+        check_dataset(str(tmp_path / "missing.csv"))
+    with pytest.raises(ValueError, match=r"unknown built-in task; choose from \['reverse'\]"):
+        check_dataset("builtin:sort")
+
+
+def test_check_dataset_reads_a_parquet_schema(tmp_path):
+    import pyarrow
+    import pyarrow.parquet
+
+    pyarrow.parquet.write_table(pyarrow.table({"text": ["a", "b"]}), tmp_path / "d.parquet")
+    check_dataset(str(tmp_path / "d.parquet"), prompt_column="text")
+    with pytest.raises(ValueError, match=r"no column 'prompt' \(has \['text'\]\)"):
+        check_dataset(str(tmp_path / "d.parquet"))
+    (tmp_path / "e.parquet").write_text("not parquet")
+    with pytest.raises(ValueError, match=r"e\.parquet': not a readable Parquet file"):
+        check_dataset(str(tmp_path / "e.parquet"))
+
+
+def _up(tmp_path, capsys, *args: str) -> tuple[int, str]:
+    """Runs `rlfleet up` in this process; the run directory is what run_cluster creates first of all."""
+    code = cli.main(["up", "--run-dir", str(tmp_path / "run"), "--progress", "none", *args])
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    assert not (tmp_path / "run").exists(), "up got past its input checks"
+    return code, err
+
+
+def test_up_rejects_a_missing_dataset_before_starting_anything(tmp_path, capsys):
+    code, err = _up(tmp_path, capsys, "--dataset", str(tmp_path / "prompts.jsonl"))
+    assert code == 2
+    assert err.strip() == f"rlfleet up: error: --dataset: dataset '{tmp_path / 'prompts.jsonl'}': no such file"
+
+
+def test_up_rejects_a_dataset_without_a_prompt_column(tmp_path, capsys):
+    path = tmp_path / "rows.csv"
+    path.write_text("question,answer\nq0,1\n")
+    code, err = _up(tmp_path, capsys, "--dataset", str(path))
+    assert code == 2
+    assert "--dataset" in err and str(path) in err and "no column 'prompt' (has ['question', 'answer'])" in err
+
+
+def test_up_rejects_a_missing_model_folder_and_an_unknown_builtin(tmp_path, capsys):
+    code, err = _up(tmp_path, capsys, "--model", str(tmp_path / "models" / "base"))
+    assert code == 2 and f"--model: no such model folder: {tmp_path / 'models' / 'base'}" in err
+    code, err = _up(tmp_path, capsys, "--model", "builtin:huge")
+    assert code == 2 and "--model: unknown built-in model 'builtin:huge'" in err
+
+
+def test_up_rejects_a_busy_port(tmp_path, capsys):
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", 0))
+        holder.listen()
+        base = holder.getsockname()[1] - 20  # the held port is the reward service's (Ports.from_base)
+        code, err = _up(tmp_path, capsys, "--base-port", str(base))
+    assert code == 2
+    assert "--base-port: port(s) " in err and f"{base + 20} already in use" in err
+
+
+def test_up_rejects_a_reward_name_the_script_lacks(tmp_path, capsys):
+    script = tmp_path / "my_reward.py"
+    script.write_text("def accuracy(prompts, completions, **columns):\n    return [1.0] * len(completions)\n")
+    code, err = _up(tmp_path, capsys, "--reward-script", str(script), "--reward", "acuracy:1")
+    assert code == 2
+    assert f"no reward function 'acuracy' in {script}" in err and "accuracy" in err.split("available:")[1]
+
+
+def test_up_reports_a_reward_script_syntax_error_with_file_and_line(tmp_path):
+    """A real `rlfleet up` process: one message, exit code 2, no traceback, nothing started."""
+    script = tmp_path / "my_reward.py"
+    script.write_text("def accuracy(prompts, completions, **columns):\n    return [1.0 for c in completions\n")
+    result = subprocess.run([sys.executable, "-m", "rlfleet.cli", "up", "--reward-script", str(script), "--reward",
+                             "accuracy:1", "--run-dir", str(tmp_path / "run")],
+                            capture_output=True, text=True, timeout=120, env=own_job_environ())
+    assert result.returncode == 2, result.stderr
+    assert "Traceback" not in result.stderr and result.stdout == ""
+    assert result.stderr.strip().startswith(f"rlfleet up: error: --reward-script: {script}:2: SyntaxError:")
+    assert not (tmp_path / "run").exists()
