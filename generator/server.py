@@ -9,7 +9,7 @@ from generator.core import Generator
 from generator.learner_sync import pull_current_policy
 from generator.servicer import GeneratorServicer
 from rlfleet.malloc import keep_freed_buffers
-from rlfleet.server import GrpcServer, add_servicer
+from rlfleet.server import GrpcServer
 from rlfleet.v1 import generator_pb2, generator_pb2_grpc
 
 log = logging.getLogger(__name__)
@@ -23,8 +23,8 @@ async def serve(config: GeneratorConfig) -> None:
     server = GrpcServer(config.server, name="generator")
     servicer = GeneratorServicer()
     # LoadAdapter reads its chunks as bytes: the weights are sliced out without a copy (see rlfleet.adapters).
-    add_servicer(generator_pb2_grpc.add_GeneratorServiceServicer_to_server, servicer, server.grpc,
-                 raw_requests=["LoadAdapter"])
+    server.add_servicer(generator_pb2_grpc.add_GeneratorServiceServicer_to_server, servicer,
+                        raw_requests=["LoadAdapter"])
     await server.start([SERVICE_NAME])
     core = await Generator.create(config)
     try:
@@ -34,7 +34,7 @@ async def serve(config: GeneratorConfig) -> None:
         info = core.info()
         log.info("generator serving %s (engine %s, policy v%d) on port %d", info.model, info.engine,
                  info.policy_version, server.port)
-        await server.set_serving()
+        await server.set_ready()
         await server.wait_for_termination()
     finally:
         await server.stop(0)

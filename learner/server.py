@@ -38,13 +38,12 @@ class LearnerServer:
         servicer = LearnerServicer(status, self.pusher, queue, self.config.push.chunk_bytes)
         port = await self.grpc.start([SERVICE])
         # Registered after start: gRPC warns and serves these through its generic handler, which is
-        # the path the end-to-end tests exercise. The servicer answers from `status`, which the loop
-        # fills once the engine is built.
-        learner_pb2_grpc.add_LearnerServiceServicer_to_server(servicer, self.grpc.grpc)
+        # the path the end-to-end tests exercise. Calls get UNAVAILABLE until `set_ready` below.
+        self.grpc.add_servicer(learner_pb2_grpc.add_LearnerServiceServicer_to_server, servicer)
         engine = await asyncio.to_thread(PolicyEngine, self.config)
         trainer = Trainer(self.config, engine)
         self.loop = TrainingLoop(self.config, trainer, source, self.pusher, status=status)
-        await self.grpc.set_serving()
+        await self.grpc.set_ready()
         return port
 
     async def run(self) -> int:

@@ -30,7 +30,7 @@ async def start_reference_server(config: ReferenceConfig, model: ReferenceModel 
     """Starts listening at once, loads the model (unless given) off the event loop, then reports SERVING."""
     server = GrpcServer(config.server, name="reference")
     servicer = ReferenceServicer()
-    reference_pb2_grpc.add_ReferenceServiceServicer_to_server(servicer, server.grpc)
+    server.add_servicer(reference_pb2_grpc.add_ReferenceServiceServicer_to_server, servicer)
     await server.start([SERVICE_NAME])
     if model is None:
         model = await asyncio.to_thread(load_reference_model, config)
@@ -39,8 +39,8 @@ async def start_reference_server(config: ReferenceConfig, model: ReferenceModel 
                     config.max_batch_tokens, model.max_model_len)
     scorer = ReferenceScorer(model, config.max_batch_tokens, config.max_concurrent_batches)
     info = await asyncio.to_thread(reference_info, config, model)
-    servicer.ready(scorer, info)
-    await server.set_serving()
+    servicer.scorer, servicer.info = scorer, info
+    await server.set_ready()
     return server
 
 

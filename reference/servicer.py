@@ -3,27 +3,21 @@
 from __future__ import annotations
 
 from reference.core import ReferenceScorer, TokenSequence
-from rlfleet.errors import NotReady
 from rlfleet.v1 import reference_pb2, reference_pb2_grpc
 
 
 class ReferenceServicer(reference_pb2_grpc.ReferenceServiceServicer):
     """Answers LogProbs with the scorer and GetInfo with the loaded model's identity and limits.
 
-    Registered before the server starts (gRPC wants handlers before `start`); until `ready` is
-    called, while the model loads, calls get UNAVAILABLE and health says NOT_SERVING.
+    Registered before the server starts (gRPC wants handlers before `start`), with neither; the
+    server sets both once the model is loaded and only then lets calls through (GrpcServer.set_ready).
     """
 
     def __init__(self):
         self.scorer: ReferenceScorer | None = None
         self.info: reference_pb2.ReferenceInfo | None = None
 
-    def ready(self, scorer: ReferenceScorer, info: reference_pb2.ReferenceInfo) -> None:
-        self.scorer, self.info = scorer, info
-
     async def LogProbs(self, request: reference_pb2.LogProbsRequest, context) -> reference_pb2.LogProbsResponse:
-        if self.scorer is None:
-            raise NotReady("the reference model is still loading")
         sequences = [TokenSequence(s.token_ids, s.prompt_length) for s in request.sequences]
         results = await self.scorer.logprobs(sequences, request.return_entropy)
         return reference_pb2.LogProbsResponse(results=[
@@ -32,6 +26,4 @@ class ReferenceServicer(reference_pb2_grpc.ReferenceServiceServicer):
             for r in results])
 
     async def GetInfo(self, request: reference_pb2.GetReferenceInfoRequest, context) -> reference_pb2.ReferenceInfo:
-        if self.info is None:
-            raise NotReady("the reference model is still loading")
         return self.info

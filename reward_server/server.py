@@ -19,14 +19,14 @@ SERVICE = "rlfleet.v1.RewardService"
 async def start_server(config: ServerConfig, core: RewardCore) -> GrpcServer:
     """Serves `core` (whose workers must already run) and returns once health says SERVING."""
     server = GrpcServer(config, name="reward")
-    reward_pb2_grpc.add_RewardServiceServicer_to_server(RewardServicer(core), server.grpc)
+    server.add_servicer(reward_pb2_grpc.add_RewardServiceServicer_to_server, RewardServicer(core))
     await server.start([SERVICE])
     await asyncio.to_thread(core.load_model)
     core.ready = True
     log.info("rewards %s (script_version %s); code sandbox network isolation: %s",
              ", ".join(f"{s.name}:{s.weight:g}" for s in core.specs), core.version,
              " ".join(network_isolation()) or "NONE (no unshare here)")
-    await server.set_serving()
+    await server.set_ready()
     return server
 
 

@@ -1,4 +1,4 @@
-"""Server interceptors: the one place domain errors become status codes, plus auth and RPC metrics.
+"""Server interceptors: the one place domain errors become status codes, plus readiness, auth and RPC metrics.
 
 kserve's ExceptionToStatusInterceptor is the model: servicers contain no try/except; whatever they
 raise is mapped here, so every service answers the same way for the same kind of failure.
@@ -54,16 +54,58 @@ def _wrap_handler(handler: grpc.RpcMethodHandler, wrap_unary, wrap_stream) -> gr
         wrap_stream(handler.stream_stream), handler.request_deserializer, handler.response_serializer)
 
 
-class ErrorAndMetricsInterceptor(aio.ServerInterceptor):
-    """Maps raised domain errors to status codes and records per-RPC counts and latency."""
+class ReadinessGate:
+    """Services that answer UNAVAILABLE until their server is ready (rlfleet.server.GrpcServer.set_ready).
 
-    def __init__(self, service: str):
+    Health and reflection are never gated. A refused call that streams requests is read to its end
+    first: a status sent while the client was still streaming crashed the client's gRPC core (grpcio
+    1.85: "ILLEGAL STATE: FORWARDED_BATCH").
+    """
+
+    def __init__(self, name: str):
+        self.name = name
+        self.services: set[str] = set()
+        self.ready = False
+
+    def refuses(self, method: str) -> bool:
+        """Whether a call to `method` ("/package.Service/Method") is refused now."""
+        return not self.ready and method.split("/", 2)[1] in self.services
+
+    def refusal(self, handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
+        """`handler` with its behaviour replaced by a NotReady error (mapped to UNAVAILABLE)."""
+        error = errors.NotReady(f"{self.name} is still loading (health NOT_SERVING); retry when it reports SERVING")
+
+        async def refuse(request, context):
+            if handler.request_streaming:
+                async for _ in request:
+                    pass
+            raise error
+
+        async def refuse_stream(request, context):
+            await refuse(request, context)
+            yield  # pragma: no cover - makes this an async generator
+
+        return _wrap_handler(handler, lambda _fn: refuse, lambda _fn: refuse_stream)
+
+
+class ErrorAndMetricsInterceptor(aio.ServerInterceptor):
+    """Maps raised domain errors to status codes and records per-RPC counts and latency.
+
+    It also applies `gate` (refusing gated services' calls until ready) rather than a second
+    interceptor would: each interceptor costs every call a coroutine hop, and the gate's check is one
+    attribute lookup once the server is ready.
+    """
+
+    def __init__(self, service: str, gate: ReadinessGate | None = None):
         self.service = service
+        self.gate = gate
 
     async def intercept_service(self, continuation, details: grpc.HandlerCallDetails):
         handler = await continuation(details)
         if handler is None:
             return None
+        if self.gate is not None and not self.gate.ready and self.gate.refuses(details.method):
+            handler = self.gate.refusal(handler)
         method = details.method.rsplit("/", 1)[-1]
         return _wrap_handler(handler, lambda fn: self._unary(fn, method), lambda fn: self._stream(fn, method))
 

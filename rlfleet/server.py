@@ -1,15 +1,17 @@
 """gRPC server bootstrap shared by every service: health, reflection, limits, auth, TLS, graceful stop.
 
     server = GrpcServer(config.server, name="generator")
-    generator_pb2_grpc.add_GeneratorServiceServicer_to_server(servicer, server.grpc)
+    server.add_servicer(generator_pb2_grpc.add_GeneratorServiceServicer_to_server, servicer)
     await server.start(["rlfleet.v1.GeneratorService"])
-    ... load the model ...
-    await server.set_serving()            # health: NOT_SERVING -> SERVING
+    ... load the model, hand it to the servicer ...
+    await server.set_ready()              # health NOT_SERVING -> SERVING; calls no longer refused
     await server.wait_for_termination()   # until SIGTERM/SIGINT, then drains
 
-Health is NOT_SERVING from start until `set_serving`, so clients and probes never reach a service
-that is still loading. Shutdown follows gRPC's advice: health NOT_SERVING first, then
-`server.stop(grace)` lets in-flight calls finish.
+Readiness is one switch for every service: from `start` until `set_ready`, health says NOT_SERVING
+and every call to a servicer registered through `add_servicer` gets UNAVAILABLE, so clients and
+probes never reach a service that is still loading (its servicer never sees a call before its core
+exists). `set_not_ready` turns both back. Shutdown follows gRPC's advice: health NOT_SERVING first,
+then `server.stop(grace)` lets in-flight calls finish.
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from rlfleet.config import ServerConfig
-from rlfleet.interceptors import BearerTokenInterceptor, ErrorAndMetricsInterceptor
+from rlfleet.interceptors import BearerTokenInterceptor, ErrorAndMetricsInterceptor, ReadinessGate
 from rlfleet.metrics import SERVICE_UP, start_metrics_server
 
 log = logging.getLogger(__name__)
@@ -43,9 +45,10 @@ def channel_options(max_message_bytes: int, keepalive_seconds: float = 30.0) -> 
     ]
 
 
-def add_servicer(add_to_server, servicer, server, raw_requests: Iterable[str] = ()) -> None:
+def add_servicer(add_to_server, servicer, server, raw_requests: Iterable[str] = ()) -> str:
     """Registers a servicer through its generated `add_XServicer_to_server`, except that the methods
-    named in `raw_requests` receive each request message still serialised (bytes).
+    named in `raw_requests` receive each request message still serialised (bytes). Returns the
+    service's full name.
 
     For bulk streams whose servicer reads messages without copying them (LoadAdapter with
     rlfleet.adapters.decode_chunk); every other method keeps the generated deserializer.
@@ -67,6 +70,7 @@ def add_servicer(add_to_server, servicer, server, raw_requests: Iterable[str] = 
                 for name, handler in capture.handlers.items()}
     server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(capture.service, handlers),))
     server.add_registered_method_handlers(capture.service, handlers)
+    return capture.service
 
 
 class GrpcServer:
@@ -78,7 +82,8 @@ class GrpcServer:
         interceptors: list[aio.ServerInterceptor] = []
         if config.auth_token:
             interceptors.append(BearerTokenInterceptor(config.auth_token))
-        interceptors.append(ErrorAndMetricsInterceptor(name))
+        self._gate = ReadinessGate(name)
+        interceptors.append(ErrorAndMetricsInterceptor(name, self._gate))
         self.grpc = aio.server(
             interceptors=interceptors,
             options=channel_options(config.max_message_bytes, config.keepalive_seconds),
@@ -114,13 +119,34 @@ class GrpcServer:
         log.info("%s listening on %s:%d (NOT_SERVING until ready)", self.name, self.config.host, self.port)
         return self.port
 
-    async def set_serving(self, serving: bool = True) -> None:
-        """Flips the health status of the server and every registered service."""
-        status = health_pb2.HealthCheckResponse.SERVING if serving else health_pb2.HealthCheckResponse.NOT_SERVING
+    def add_servicer(self, add_to_server, servicer, raw_requests: Iterable[str] = ()) -> None:
+        """Registers `servicer` (see the module function `add_servicer`); its calls get UNAVAILABLE until `set_ready`.
+
+        Registering with the generated `add_XServicer_to_server(servicer, server.grpc)` instead leaves
+        the servicer answering at once: right only for test stand-ins that have nothing to load.
+        """
+        self._gate.services.add(add_servicer(add_to_server, servicer, self.grpc, raw_requests))
+
+    @property
+    def ready(self) -> bool:
+        """True between `set_ready` and `set_not_ready`."""
+        return self._gate.ready
+
+    async def set_ready(self) -> None:
+        """Health SERVING for the server and every service, and calls reach the servicers."""
+        await self._set_ready(True)
+
+    async def set_not_ready(self) -> None:
+        """Health NOT_SERVING, and calls to servicers registered with `add_servicer` get UNAVAILABLE again."""
+        await self._set_ready(False)
+
+    async def _set_ready(self, ready: bool) -> None:
+        status = health_pb2.HealthCheckResponse.SERVING if ready else health_pb2.HealthCheckResponse.NOT_SERVING
+        self._gate.ready = ready  # before health says SERVING: a client that saw SERVING is never refused
         for service in ["", *self._services]:
             await self.health.set(service, status)
-        SERVICE_UP.labels(self.name).set(1 if serving else 0)
-        log.info("%s %s", self.name, "SERVING" if serving else "NOT_SERVING")
+        SERVICE_UP.labels(self.name).set(1 if ready else 0)
+        log.info("%s %s", self.name, "SERVING" if ready else "NOT_SERVING")
 
     async def stop(self, grace: float | None = None) -> None:
         """Health NOT_SERVING, then lets in-flight calls finish for `grace` seconds before cancelling them."""

@@ -56,7 +56,7 @@ async def _generator(servicer) -> GrpcServer:
     server = GrpcServer(ServerConfig(host="127.0.0.1", port=0), name="scripted-generator")
     generator_pb2_grpc.add_GeneratorServiceServicer_to_server(servicer, server.grpc)
     await server.start(["rlfleet.v1.GeneratorService"])
-    await server.set_serving()
+    await server.set_ready()
     return server
 
 

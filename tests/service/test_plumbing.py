@@ -52,7 +52,7 @@ def test_health_flips_from_not_serving_to_serving():
         async with make_channel(f"127.0.0.1:{server.port}") as channel:
             health = health_pb2_grpc.HealthStub(channel)
             before = await health.Check(health_pb2.HealthCheckRequest(service="rlfleet.v1.ReferenceService"))
-            await server.set_serving()
+            await server.set_ready()
             after = await health.Check(health_pb2.HealthCheckRequest(service=""))
         await server.stop(0)
         return before.status, after.status
@@ -127,7 +127,7 @@ def test_metrics_endpoint_parses_and_counts_calls():
 def test_graceful_stop_drains_in_flight_calls():
     async def run():
         server, servicer = await _start(grace_seconds=5)
-        await server.set_serving()
+        await server.set_ready()
         async with make_channel(f"127.0.0.1:{server.port}") as channel:
             stub = reference_pb2_grpc.ReferenceServiceStub(channel)
             slow = asyncio.ensure_future(stub.LogProbs(
