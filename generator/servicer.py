@@ -8,7 +8,6 @@ from collections.abc import AsyncIterator
 from generator.core import Generator
 from generator.rollouts import Completion, GenerateBatch, GroupResult, PromptInput, Sampling
 from rlfleet.adapters.receive import receive_adapter
-from rlfleet.errors import NotReady
 from rlfleet.v1 import common_pb2, generator_pb2, generator_pb2_grpc
 
 _FINISH = {"stop": common_pb2.FINISH_REASON_STOP, "length": common_pb2.FINISH_REASON_LENGTH,
@@ -45,34 +44,32 @@ def group_to_proto(group: GroupResult) -> generator_pb2.GenerateResponse:
 
 
 class GeneratorServicer(generator_pb2_grpc.GeneratorServiceServicer):
-    """Answers UNAVAILABLE until `core` is set, i.e. until the model and the current policy are loaded."""
+    """Translates GeneratorService calls for `core`.
+
+    Registered before the server starts (gRPC wants handlers before `start`), with no core; the
+    server sets it once the model and the current policy are loaded and only then lets calls
+    through (GrpcServer.set_ready).
+    """
 
     def __init__(self, core: Generator | None = None):
         self.core = core
 
-    def _ready(self) -> Generator:
-        if self.core is None:
-            raise NotReady("generator is still loading its model and policy")
-        return self.core
-
     async def Generate(self, request, context) -> AsyncIterator[generator_pb2.GenerateResponse]:
-        core = self._ready()
-        batch = batch_from_proto(request, core.config.default_max_tokens)
+        batch = batch_from_proto(request, self.core.config.default_max_tokens)
         # aclosing: a cancelled call closes the core's iterator at once, which aborts its engine requests.
-        async with contextlib.aclosing(core.generate(batch)) as groups:
+        async with contextlib.aclosing(self.core.generate(batch)) as groups:
             async for group in groups:
                 yield group_to_proto(group)
 
     async def LoadAdapter(self, request_iterator, context) -> generator_pb2.LoadAdapterResponse:
         # Chunks are hashed and spooled to a staging file while the rest arrive: little is left at the end.
-        core = self.core
-        async with receive_adapter(request_iterator, core.staging_dir if core is not None else None) as received:
-            result = await self._ready().load_adapter(received.payload, received.first_chunk_at)
+        async with receive_adapter(request_iterator, self.core.staging_dir) as received:
+            result = await self.core.load_adapter(received.payload, received.first_chunk_at)
         return generator_pb2.LoadAdapterResponse(policy_version=result.policy_version, load_seconds=result.load_seconds,
                                                  loaded_versions=result.loaded_versions)
 
     async def GetInfo(self, request, context) -> generator_pb2.GeneratorInfo:
-        info = self._ready().info()
+        info = self.core.info()
         return generator_pb2.GeneratorInfo(
             model=info.model, base_model_id=info.base_model_id, tokenizer=info.tokenizer,
             tokenizer_hash=info.tokenizer_hash, max_model_len=info.max_model_len, vocab_size=info.vocab_size,
