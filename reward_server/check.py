@@ -47,7 +47,6 @@ def run_check(config: RewardConfig) -> int:
         return 2
     try:
         core.load_model()
-        core.ready = True
         scores = asyncio.run(core.score("", items))
     finally:
         core.close()

@@ -21,7 +21,7 @@ from reward_server.config import RewardConfig
 from reward_server.items import Outcome, RewardItem, RewardSpec
 from reward_server.scripts import ScriptError, ScriptSource, check_value, script_version
 from reward_server.workers import WorkerLimits, WorkerPool
-from rlfleet.errors import NotReady, Overloaded
+from rlfleet.errors import Overloaded
 from rlfleet.outcomes import ItemScore, RewardStatus, combine
 
 log = logging.getLogger(__name__)
@@ -57,8 +57,6 @@ class RewardCore:
         self.model = None
         self.specs: list[RewardSpec] = []
         self.version = ""
-        self.ready = False
-        """True once workers started and the model loaded; set by the server before it reports SERVING."""
         self._done: collections.OrderedDict[str, list[ItemScore]] = collections.OrderedDict()
         self._running: dict[str, _Shared] = {}
         self._window = metrics.WindowMean(config.metrics_window)
@@ -100,8 +98,6 @@ class RewardCore:
         A retry that arrives while the first call still runs waits for the same work. The work is
         abandoned (queued chunks dropped, busy workers killed) once every caller waiting on it gave up.
         """
-        if not self.ready:
-            raise NotReady("reward server is still starting (importing the script / loading the model)")
         if request_id in self._done:
             metrics.DUPLICATE_REQUESTS.inc()
             return self._done[request_id]

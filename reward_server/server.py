@@ -22,7 +22,6 @@ async def start_server(config: ServerConfig, core: RewardCore) -> GrpcServer:
     server.add_servicer(reward_pb2_grpc.add_RewardServiceServicer_to_server, RewardServicer(core))
     await server.start([SERVICE])
     await asyncio.to_thread(core.load_model)
-    core.ready = True
     log.info("rewards %s (script_version %s); code sandbox network isolation: %s",
              ", ".join(f"{s.name}:{s.weight:g}" for s in core.specs), core.version,
              " ".join(network_isolation()) or "NONE (no unshare here)")

@@ -351,7 +351,7 @@ def test_not_serving_until_ready(tmp_path):
         core = RewardCore(config)
         core.start_workers()
         server = GrpcServer(config.server, name="reward")
-        reward_pb2_grpc.add_RewardServiceServicer_to_server(RewardServicer(core), server.grpc)
+        server.add_servicer(reward_pb2_grpc.add_RewardServiceServicer_to_server, RewardServicer(core))
         await server.start([SERVICE])
         async with make_channel(f"127.0.0.1:{server.port}", ClientConfig(max_attempts=1)) as channel:
             health = health_pb2_grpc.HealthStub(channel)
