@@ -89,7 +89,7 @@ def load_reference_model(config: ReferenceConfig) -> ReferenceModel:
     """Loads `config.model` from a folder or the Hugging Face cache, in `config.dtype` on `config.device`."""
     from transformers import AutoModelForCausalLM
 
-    from rlfleet.adapters import resolve_model_dir
+    from rlfleet.adapters.identity import resolve_model_dir
 
     if config.num_threads:
         torch.set_num_threads(config.num_threads)

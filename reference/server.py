@@ -18,7 +18,7 @@ SERVICE_NAME = "rlfleet.v1.ReferenceService"
 
 def reference_info(config: ReferenceConfig, model: ReferenceModel) -> reference_pb2.ReferenceInfo:
     """GetInfo's answer; base_model_id is the same fingerprint generators report for the same folder."""
-    from rlfleet.adapters import base_model_id
+    from rlfleet.adapters.identity import base_model_id
 
     return reference_pb2.ReferenceInfo(
         model=config.model, base_model_id=base_model_id(config.model), vocab_size=model.vocab_size,

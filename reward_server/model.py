@@ -11,7 +11,7 @@ from __future__ import annotations
 import threading
 from pathlib import Path
 
-from rlfleet.adapters import base_model_id
+from rlfleet.adapters.identity import base_model_id
 
 
 class RewardModel:
