@@ -1,4 +1,4 @@
-"""Config of the learner's algorithm: advantage estimator, policy loss, KL, aggregation, TIS, critic, DAPO."""
+"""Config of the learner's algorithm: advantage estimator, policy loss, KL, aggregation, TIS, critic, DAPO, rejection sampling."""
 
 from __future__ import annotations
 
@@ -130,12 +130,16 @@ class TISConfig(ConfigModel):
 
 
 class ValueConfig(ConfigModel):
-    """PPO critic loss (GAE only)."""
+    """PPO critic (GAE only): its loss, learning rate and warm-up (learner/critic.py)."""
 
     clip: float = Field(0.2, gt=0)
     """New values are clipped to old_values +- clip in the second term of the value loss."""
     coef: float = Field(0.5, ge=0)
     """Weight of the value loss in the total loss."""
+    lr: float | None = Field(None, gt=0)
+    """Learning rate of the critic's LoRA adapter and value head; unset: the policy's deepspeed.lr."""
+    warmup_steps: int = Field(0, ge=0)
+    """First training steps that train only the critic (no policy loss), so GAE starts from fitted values."""
 
 
 class DAPOConfig(ConfigModel):
@@ -145,6 +149,17 @@ class DAPOConfig(ConfigModel):
     """Drop groups whose rewards are all equal (zero advantage) and sample more until the batch is full."""
     overlong_filter: bool = False
     """Exclude truncated completions (finish_reason = length) from the loss."""
+
+
+class RejectionSamplingConfig(ConfigModel):
+    """Rejection sampling: the best completions of each group become supervised data for an NLL term."""
+
+    coef: float = Field(0.0, ge=0)
+    """Weight of the NLL term on the kept completions in the total loss; 0 turns rejection sampling off."""
+    top_fraction: float = Field(0.2, gt=0, le=1)
+    """Fraction of each group kept: the ceil(top_fraction * group size) highest rewards."""
+    min_reward: float | None = None
+    """A kept completion must also score at least this (unset: no floor), so all-wrong groups give no target."""
 
 
 # Estimators under which a group whose rewards are all equal still gets a non-zero advantage:
@@ -175,6 +190,8 @@ class AlgoConfig(ConfigModel):
     """Critic loss; used with the gae advantage only."""
     dapo: DAPOConfig = DAPOConfig()
     """DAPO's dynamic sampling and overlong filtering."""
+    rejection_sampling: RejectionSamplingConfig = RejectionSamplingConfig()
+    """NLL on the top completions of each group, added to the loss (off while its coef is 0)."""
 
     @model_validator(mode="after")
     def _check_pairings(self) -> AlgoConfig:

@@ -1,4 +1,4 @@
-"""PPO advantage with a critic: generalised advantage estimation (Schulman et al. 2016), and the critic loss."""
+"""PPO advantage with a critic: generalised advantage estimation (Schulman et al. 2016), the critic loss and its stats."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from torch import Tensor
 
 from learner.algos.aggregation import aggregate
 from learner.algos.config import GAEAdvantage
-from learner.algos.masked import masked_whiten
+from learner.algos.masked import masked_mean, masked_whiten
 from learner.algos.types import AdvantageInput, AdvantageOutput
 
 
@@ -65,3 +65,25 @@ def value_loss(values: Tensor, old_values: Tensor, returns: Tensor, mask: Tensor
     clipped = old_values + (values - old_values).clamp(-clip, clip)  # [B, T]
     per_token = 0.5 * torch.maximum((values - returns) ** 2, (clipped - returns) ** 2)  # [B, T]
     return aggregate(per_token, mask, mode, num_tokens, num_sequences, seq_sum_normaliser)  # []
+
+
+def value_clip_frac(values: Tensor, old_values: Tensor, returns: Tensor, mask: Tensor, clip: float,
+                    num_tokens: float | None = None) -> Tensor:
+    """Fraction of masked tokens whose value loss is the clipped term, i.e. whose value gradient the
+    clip zeroed: (V_clip - R)^2 > (V - R)^2 (TRL's vf_clipfrac). Normalised by num_tokens like the
+    policy stats, so micro-batch values add up.  # []"""
+    clipped = old_values + (values - old_values).clamp(-clip, clip)  # [B, T]
+    hit = ((clipped - returns) ** 2 > (values - returns) ** 2).to(mask.dtype)  # [B, T]
+    return aggregate(hit, mask, "token_mean", num_tokens)  # []
+
+
+def explained_variance(values: Tensor, returns: Tensor, mask: Tensor) -> Tensor:
+    """1 - Var(returns - values) / Var(returns) over the masked tokens (population variances).  # []
+
+    1: the critic predicts the returns exactly; 0: no better than their mean; < 0: worse. NaN when
+    the returns do not vary (nothing to explain).
+    """
+    residual = returns - values  # [B, T]
+    var_returns = masked_mean((returns - masked_mean(returns, mask)) ** 2, mask)  # []
+    var_residual = masked_mean((residual - masked_mean(residual, mask)) ** 2, mask)  # []
+    return torch.where(var_returns > 0, 1 - var_residual / var_returns, torch.nan)  # []

@@ -1,11 +1,18 @@
-"""GAE advantages and returns over masked tokens, and the clipped critic loss."""
+"""GAE advantages and returns over masked tokens, the clipped critic loss and the critic's stats."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 
-from learner.algos import AdvantageInput, AlgoConfig, compute_advantages, value_loss
+from learner.algos import (
+    AdvantageInput,
+    AlgoConfig,
+    compute_advantages,
+    explained_variance,
+    value_clip_frac,
+    value_loss,
+)
 
 F64 = torch.float64
 
@@ -76,3 +83,41 @@ def test_value_loss_gradcheck():
     mask = torch.tensor([[1.0, 1.0, 1.0], [1.0, 1.0, 0.0]], dtype=F64)
     values = torch.tensor([[0.1, 1.5, -0.95], [0.3, 0.9, 0.5]], dtype=F64, requires_grad=True)
     assert torch.autograd.gradcheck(lambda v: value_loss(v, old, returns, mask, clip=0.2), (values,))
+
+
+# Two rows as the trainer hands them over: row 0 as in test_clipped_value_loss_by_hand, row 1 one
+# trained token (its 9.9 is padding). clip 0.2:
+#   row 0: t0 0.845 (the clipped term), t1 0.125
+#   row 1: V - old = -0.3 -> V_clip = 0.1; max((0 - 1)^2, (0.1 - 1)^2) = 1 -> 0.5 (unclipped)
+V = torch.tensor([[1.0, 2.0], [0.0, 9.9]], dtype=F64)
+OLD = torch.tensor([[0.5, 2.5], [0.3, 0.0]], dtype=F64)
+RETURNS = torch.tensor([[2.0, 2.5], [1.0, 0.0]], dtype=F64)
+MASK = torch.tensor([[1.0, 1.0], [1.0, 0.0]], dtype=F64)
+
+
+@pytest.mark.parametrize(("mode", "expected"), [
+    ("token_mean", (0.845 + 0.125 + 0.5) / 3),                          # 0.49
+    ("seq_mean_token_mean", ((0.845 + 0.125) / 2 + 0.5) / 2),           # 0.4925
+    ("seq_mean_token_sum", ((0.845 + 0.125) / 4 + 0.5 / 4) / 2),        # C = 4
+])
+def test_value_loss_of_micro_batches_adds_up_to_the_mini_batch(mode, expected):
+    # the trainer passes the mini-batch's 3 tokens and 2 sequences to each micro-batch (one row each)
+    whole = value_loss(V, OLD, RETURNS, MASK, 0.2, mode, seq_sum_normaliser=4.0)
+    parts = sum(value_loss(V[r:r + 1], OLD[r:r + 1], RETURNS[r:r + 1], MASK[r:r + 1], 0.2, mode, 3.0, 2.0, 4.0)
+                for r in range(2))
+    assert whole.item() == pytest.approx(expected)
+    assert parts.item() == pytest.approx(expected)
+
+
+def test_value_clip_fraction_counts_tokens_whose_clipped_term_wins():
+    # only row 0's t0 takes the clipped term: 1 of 3 trained tokens; with the mini-batch's 6 tokens: 1/6
+    assert value_clip_frac(V, OLD, RETURNS, MASK, 0.2).item() == pytest.approx(1 / 3)
+    assert value_clip_frac(V, OLD, RETURNS, MASK, 0.2, num_tokens=6.0).item() == pytest.approx(1 / 6)
+
+
+def test_explained_variance_by_hand():
+    # residuals R - V on the trained tokens: [1, 0.5, 1], mean 5/6, variance (1 + 4 + 1) / 36 / 3 = 1/18
+    # returns [2, 2.5, 1], mean 11/6, variance (1 + 16 + 25) / 36 / 3 = 7/18 -> EV = 1 - 1/7 = 6/7
+    assert explained_variance(V, RETURNS, MASK).item() == pytest.approx(6 / 7)
+    assert explained_variance(RETURNS, RETURNS, MASK).item() == pytest.approx(1.0)
+    assert torch.isnan(explained_variance(V, torch.ones_like(V), MASK))  # constant returns: nothing to explain
