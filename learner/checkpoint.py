@@ -1,7 +1,8 @@
 """Training checkpoints, written atomically: DeepSpeed state, the PEFT adapter, RNG states, step and data cursor.
 
     RUN_DIR/checkpoints/step-00000012/
-        deepspeed/          trainable weights, optimiser and LR-scheduler states (DeepSpeed's format)
+        deepspeed/          trainable weights (the policy adapter; with GAE also the critic's adapter and
+                            value head), optimiser and LR-scheduler states (DeepSpeed's format)
         adapter/            the PEFT adapter of this step (loadable by PeftModel.from_pretrained and vLLM)
         rng.pt              torch (CPU and CUDA), Python and NumPy RNG states, and the trainer's shuffle RNG
         state.json          step, policy_version, the rollout source's cursor

@@ -3,7 +3,8 @@
 `PolicyEngine` owns everything that touches DeepSpeed: distributed init (gloo on the CPU when not
 started by the `deepspeed` launcher), per-token log-probs from the backbone's hidden states and the
 frozen LM head, backward with caller-owned gradient-accumulation boundaries, the optimiser step,
-the adapter as an in-memory PEFT payload, and DeepSpeed's part of a checkpoint.
+the adapter as an in-memory PEFT payload, and DeepSpeed's part of a checkpoint. With a GAE
+advantage it also holds the critic (learner/critic.py): a second adapter and a value head.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import torch
 from torch import Tensor, nn
 
 from learner.config import LearnerConfig
+from learner.critic import ValueHead, add_critic_adapter, critic_adapter, is_critic_parameter
 
 log = logging.getLogger(__name__)
 
@@ -47,15 +49,24 @@ def token_logprobs(hidden: Tensor, weight: Tensor, targets: Tensor, chunk_size: 
 
 
 class Backbone(nn.Module):
-    """What DeepSpeed wraps: the PEFT model, whose forward returns the last hidden states (no logits)."""
+    """What DeepSpeed wraps: the PEFT model, whose forward returns the last hidden states (no logits),
+    and the critic's value head when there is one."""
 
-    def __init__(self, peft_model: nn.Module):
+    def __init__(self, peft_model: nn.Module, value_head: ValueHead | None = None):
         super().__init__()
         self.peft_model = peft_model
+        self.value_head = value_head
 
-    def forward(self, input_ids: Tensor, attention_mask: Tensor) -> Tensor:
+    def forward(self, input_ids: Tensor, attention_mask: Tensor, value_positions: Tensor | None = None) -> Tensor:
+        """Hidden states [B, L, H] of the policy; with `value_positions` [B, T], the critic's values [B, T]
+        there (the head runs inside the engine's forward, where ZeRO-3 has gathered its weights)."""
         decoder = self.peft_model.get_base_model().model
-        return decoder(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state  # [B, L, H]
+        if value_positions is None:
+            return decoder(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state  # [B, L, H]
+        with critic_adapter(self.peft_model):
+            hidden = decoder(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state  # [B, L, H]
+        index = value_positions[:, :, None].expand(-1, -1, hidden.shape[-1])  # [B, T, H]
+        return self.value_head(hidden.gather(1, index))  # [B, T]
 
 
 def init_distributed() -> None:
@@ -142,10 +153,14 @@ class PolicyEngine:
                           target_modules=list(config.lora.target_modules), task_type="CAUSAL_LM")
         self.peft_model = get_peft_model(base, lora)
         self.peft_model.peft_config["default"].base_model_name_or_path = str(model_dir)
-        self.module = Backbone(self.peft_model)
+        value_head = None
+        if config.algo.needs_critic:
+            add_critic_adapter(self.peft_model, lora)
+            value_head = ValueHead(base.config.hidden_size, dtype)
+        self.module = Backbone(self.peft_model, value_head)
         trainable = [p for p in self.module.parameters() if p.requires_grad]
         self.engine, self.optimizer, _, self.scheduler = deepspeed.initialize(
-            model=self.module, optimizer=self._optimizer(trainable),
+            model=self.module, optimizer=self._optimizer(),
             lr_scheduler=lambda opt: torch.optim.lr_scheduler.LambdaLR(opt, _lr_lambda(config)),
             config=deepspeed_config(config))
         self.lm_head = self._frozen_lm_head()  # [V, H]
@@ -164,14 +179,24 @@ class PolicyEngine:
         with deepspeed.zero.GatheredParameters([weight], modifier_rank=None):
             return weight.detach().clone()
 
-    def _optimizer(self, params: list[nn.Parameter]) -> torch.optim.Optimizer:
+    def _optimizer(self) -> torch.optim.Optimizer:
+        """AdamW over the trainable parameters: the policy adapter, and the critic in its own group (its lr)."""
         ds = self.config.deepspeed
         kwargs = dict(lr=ds.lr, betas=ds.betas, eps=ds.eps, weight_decay=ds.weight_decay)
+        named = [(n, p) for n, p in self.module.named_parameters() if p.requires_grad]
+        groups = [{"params": [p for n, p in named if not is_critic_parameter(n)]}]
+        critic = [p for n, p in named if is_critic_parameter(n)]
+        if critic:
+            groups.append({"params": critic, "lr": self.config.algo.value.lr or ds.lr})
         if ds.cpu_adam:
             from deepspeed.ops.adam import DeepSpeedCPUAdam
 
-            return DeepSpeedCPUAdam(params, adamw_mode=True, **kwargs)
-        return torch.optim.AdamW(params, **kwargs)
+            return DeepSpeedCPUAdam(groups, adamw_mode=True, **kwargs)
+        return torch.optim.AdamW(groups, **kwargs)
+
+    @property
+    def has_critic(self) -> bool:
+        return self.module.value_head is not None
 
     @property
     def device(self) -> torch.device:
@@ -219,6 +244,14 @@ class PolicyEngine:
         if entropy is None:
             return out, None
         return out, torch.zeros_like(out).masked_scatter(valid, entropy)
+
+    def values(self, input_ids: Tensor, attention_mask: Tensor, positions: Tensor, valid: Tensor) -> Tensor:
+        """The critic's values [B, T] (0 where not `valid`) of the states at hidden `positions`: V_t is the
+        value of the prefix that predicts completion token t. Shapes as in `logprobs`."""
+        device = self.device
+        values = self.engine(input_ids=input_ids.to(device), attention_mask=attention_mask.to(device),
+                             value_positions=positions.to(device))  # [B, T]
+        return torch.where(valid.to(device), values, 0.0)
 
     def reference_mode(self):
         """Context in which the forward is the frozen base model (the adapter disabled)."""

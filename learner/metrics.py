@@ -17,6 +17,8 @@ POLICY_VERSION = Gauge("rlfleet_learner_policy_version", "Newest adapter version
 LOSS = Gauge("rlfleet_learner_loss", "Last step's loss and its parts.", ["part"])
 KL = Gauge("rlfleet_learner_kl", "Last step's KL estimate to the reference model.")
 ENTROPY = Gauge("rlfleet_learner_entropy", "Last step's mean per-token policy entropy (nats).")
+CRITIC = Gauge("rlfleet_learner_critic", "Last step's critic stats (GAE only): explained variance of the "
+               "returns by the values before the step, fraction of tokens whose value loss was clipped.", ["stat"])
 CLIP_FRACTION = Gauge("rlfleet_learner_clip_fraction", "Fraction of tokens clipped, by side.", ["side"])
 GRAD_NORM = Gauge("rlfleet_learner_grad_norm", "Global gradient norm before clipping (last update).")
 LEARNING_RATE = Gauge("rlfleet_learner_learning_rate", "Learning rate of the last update.")
@@ -43,7 +45,7 @@ CHECKPOINTS = Counter("rlfleet_learner_checkpoints_total", "Checkpoints written.
 def record_step(record: dict[str, float]) -> None:
     """Sets the gauges from one step's flat record (see loop.py for the keys)."""
     get = record.get
-    for part in ("loss", "pg_loss"):
+    for part in ("loss", "pg_loss", "value_loss", "rs_nll_loss"):
         if part in record:
             LOSS.labels(part).set(record[part])
     setters = ((KL, "kl"), (ENTROPY, "entropy"), (GRAD_NORM, "grad_norm"), (LEARNING_RATE, "lr"),
@@ -51,6 +53,9 @@ def record_step(record: dict[str, float]) -> None:
     for gauge, key in setters:
         if key in record:
             gauge.set(record[key])
+    for stat, key in (("explained_variance", "value_explained_variance"), ("clip_fraction", "value_clip_frac")):
+        if key in record:
+            CRITIC.labels(stat).set(record[key])
     for side in ("low", "high"):
         if f"clip_frac_{side}" in record:
             CLIP_FRACTION.labels(side).set(record[f"clip_frac_{side}"])

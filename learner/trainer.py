@@ -6,12 +6,15 @@
 A step takes `epochs_per_batch x minibatches_per_batch` optimiser updates. Each update accumulates
 gradients over token-budget micro-batches whose losses are normalised by the whole mini-batch's
 token (and sequence) counts, so the accumulated gradient equals the gradient of the mini-batch loss.
+With a GAE advantage, `prepare` also takes the critic's values (GAE's baseline and the value clip's
+old values) and each micro-batch adds value.coef x the clipped value loss (learner/critic.py).
 """
 
 from __future__ import annotations
 
 import time
 from collections import defaultdict
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
@@ -19,11 +22,17 @@ from torch import Tensor
 
 from learner.algos import (
     AdvantageInput,
+    AdvantageOutput,
     PolicyLossInput,
     compute_advantages,
+    explained_variance,
     filter_uniform_groups,
     kl_penalty,
+    nll_loss,
     overlong_mask,
+    top_of_each_group,
+    value_clip_frac,
+    value_loss,
 )
 from learner.batching import PaddedBatch, micro_batches, minibatch_rows, pad_batch
 from learner.config import LearnerConfig
@@ -50,6 +59,18 @@ class Prepared:
     padded: PaddedBatch
     advantages: Tensor         # [B, T]
     old_logprobs: Tensor | None  # [B, T]; None when the single update uses its own detached log-probs
+    sft_mask: Tensor | None = None  # [B, T] trained tokens of the rejection-sampled (kept) completions; None = off
+    old_values: Tensor | None = None  # [B, T] critic values before this step's updates (GAE only)
+    returns: Tensor | None = None     # [B, T] value targets (GAE only)
+
+
+@dataclass(frozen=True)
+class Totals:
+    """Normalisers of one mini-batch, so that its micro-batches' losses add up to the mini-batch loss."""
+
+    num_tokens: float          # trained tokens (mask sum)
+    num_sequences: float       # rows with at least one trained token
+    num_sft_tokens: float      # trained tokens of the rejection-sampled completions (0 when off)
 
 
 class Trainer:
@@ -61,12 +82,17 @@ class Trainer:
         self.algo = config.algo
         self.objective = select_objective(config.algo, engine.device, config.fused_loss)
         self.shuffle = torch.Generator().manual_seed(config.seed)
+        if config.algo.needs_critic and not engine.has_critic:
+            raise ValueError("algo.advantage 'gae' needs an engine built with the critic (PolicyEngine(config))")
+        self.critic_only = False  # value warm-up: this step trains the critic alone
 
     # -- the step ---------------------------------------------------------------------------------
 
     def train_step(self, batch: Batch, policy_version: int) -> StepResult:
-        """Trains on `batch`; `policy_version` is the version being trained from (for staleness)."""
+        """Trains on `batch`; `policy_version` is the version being trained from (for staleness), i.e.
+        the number of steps done, which also decides the critic's warm-up."""
         result = StepResult()
+        self.critic_only = self.algo.needs_critic and policy_version < self.algo.value.warmup_steps
         filtered = self.filter_groups(batch, result)
         if filtered is None:
             result.metrics.update(self.batch_stats(batch, policy_version))
@@ -90,6 +116,7 @@ class Trainer:
         result.metrics.update(timings)
         result.metrics.update(self.batch_stats(filtered, policy_version))
         result.metrics["advantage_mean"], result.metrics["advantage_std"] = _masked_mean_std(advantages, padded.mask)
+        result.metrics.update(self.prepared_stats(prepared))
         return result
 
     # -- named steps ------------------------------------------------------------------------------
@@ -108,7 +135,10 @@ class Trainer:
     def prepare(self, padded: PaddedBatch) -> Prepared:
         """Reference log-probs, advantages and old log-probs of a padded batch."""
         self.reference_logprobs(padded)
-        return Prepared(padded, self.advantages(padded), self.old_logprobs(padded))
+        values = self.critic_values(padded)
+        estimate = self.advantages(padded, values)
+        return Prepared(padded, estimate.advantages, self.old_logprobs(padded), self.sft_mask(padded), values,
+                        estimate.returns)
 
     def reference_logprobs(self, padded: PaddedBatch) -> None:
         """Fills padded.ref_logprobs when the KL needs them: the adapter-disabled model, or an error in service mode."""
@@ -120,17 +150,36 @@ class Trainer:
         with self.engine.reference_mode():
             padded.ref_logprobs = self._no_grad_logprobs(padded)
 
-    def advantages(self, padded: PaddedBatch) -> Tensor:
-        """Per-token advantages [B, T]: the producer's when every sample has them, else the estimator's."""
-        if padded.advantages is not None:
-            return padded.advantages * padded.mask
+    def critic_values(self, padded: PaddedBatch) -> Tensor | None:
+        """The critic's values [B, T] before this step's updates (None without a critic)."""
+        if not self.algo.needs_critic:
+            return None
+        return self._no_grad_tokens(padded, lambda part, valid: self.engine.values(
+            part.input_ids, part.attention_mask, part.positions, valid))
+
+    def advantages(self, padded: PaddedBatch, values: Tensor | None = None) -> AdvantageOutput:
+        """Per-token advantages [B, T] (and GAE's value targets): the producer's advantages when every
+        sample has them, else the estimator's; with a critic, GAE's returns train it either way."""
+        if padded.advantages is not None and values is None:
+            return AdvantageOutput(padded.advantages * padded.mask)
         token_rewards = None
         if self.algo.kl.mode == "reward" and self.algo.kl.coef > 0:
             kl = kl_penalty(padded.behaviour_logprobs, padded.ref_logprobs, self.algo.kl.estimator)  # [B, T]
             token_rewards = -self.algo.kl.coef * kl * padded.mask  # [B, T]
         inp = AdvantageInput(rewards=padded.rewards, group_ids=padded.group_ids, mask=padded.mask,
-                             token_rewards=token_rewards)
-        return compute_advantages(inp, self.algo).advantages  # [B, T]
+                             token_rewards=token_rewards, values=values)
+        out = compute_advantages(inp, self.algo)
+        if padded.advantages is not None:
+            return AdvantageOutput(padded.advantages * padded.mask, out.returns)
+        return out
+
+    def sft_mask(self, padded: PaddedBatch) -> Tensor | None:
+        """Rejection sampling: the trained tokens of each group's top completions [B, T] (None when off)."""
+        rs = self.algo.rejection_sampling
+        if rs.coef == 0:
+            return None
+        keep = top_of_each_group(padded.rewards, padded.group_ids, rs.top_fraction, rs.min_reward)  # [B]
+        return padded.mask * keep[:, None].to(padded.mask.dtype)  # [B, T]
 
     def old_logprobs(self, padded: PaddedBatch) -> Tensor | None:
         """Log-probs of the policy before this step's updates; skipped when there is one update (ratio = 1)."""
@@ -155,11 +204,13 @@ class Trainer:
         mask = padded.mask[rows]  # [R, T]
         num_tokens = float(mask.sum())
         num_sequences = float((mask.sum(-1) > 0).sum())
+        totals = Totals(num_tokens, num_sequences,
+                        float(prepared.sft_mask[rows].sum()) if prepared.sft_mask is not None else 0.0)
         chunks = micro_batches(rows, padded.input_lengths, self.config.micro_batch_tokens)
         share = self._my_share(chunks)
         sums: dict[str, float] = defaultdict(float)
         for i, (micro, weight) in enumerate(share):
-            stats = self._micro_step(prepared, micro, num_tokens, num_sequences, weight, i == len(share) - 1)
+            stats = self._micro_step(prepared, micro, totals, weight, i == len(share) - 1)
             for key, value in stats.items():
                 sums[key] += value
         sums = self.engine.all_reduce_sum(sums)
@@ -177,9 +228,26 @@ class Trainer:
         mine += [(chunks[0], 0.0)] * (-(-len(chunks) // world) - len(mine))
         return mine
 
-    def _micro_step(self, prepared: Prepared, rows: Tensor, num_tokens: float, num_sequences: float,
-                    weight: float, last: bool) -> dict[str, float]:
+    def _micro_step(self, prepared: Prepared, rows: Tensor, totals: Totals, weight: float,
+                    last: bool) -> dict[str, float]:
+        """Forward/backward of one micro-batch: L = L_policy (+ rs.coef * NLL) + value.coef * L_value."""
         part = prepared.padded.select(rows)
+        loss, stats = part.mask.new_zeros((), device=self.engine.device), {}
+        if not self.critic_only:
+            loss, stats = self._policy_terms(prepared, part, rows, totals, weight)
+        if self.algo.needs_critic:
+            value, value_stats = self._critic_terms(prepared, part, rows, totals, weight)
+            loss = loss + self.algo.value.coef * value
+            stats.update(value_stats)
+        # DeepSpeed averages gradients over data-parallel ranks; the losses are already normalised by
+        # the whole mini-batch, so each rank's share is scaled back up by the number of ranks.
+        self.engine.backward(loss * (weight * self.engine.world_size), is_last_micro_batch=last)
+        stats["loss"] = weight * float(loss.detach())
+        return stats
+
+    def _policy_terms(self, prepared: Prepared, part: PaddedBatch, rows: Tensor, totals: Totals,
+                      weight: float) -> tuple[Tensor, dict[str, float]]:
+        """The policy loss of a micro-batch (with rejection sampling's NLL) and its weighted stats."""
         width = part.targets.shape[1]
         device = self.engine.device
         logprobs, entropy = self.engine.logprobs(part.input_ids, part.attention_mask, part.positions, part.targets,
@@ -190,20 +258,41 @@ class Trainer:
         out = self.objective(PolicyLossInput(
             logprobs=logprobs, old_logprobs=old, behaviour_logprobs=part.behaviour_logprobs.to(device),
             advantages=prepared.advantages[rows][:, :width].to(device), mask=part.mask.to(device),
-            ref_logprobs=ref, num_tokens=num_tokens, num_sequences=num_sequences, entropy=entropy))
-        # DeepSpeed averages gradients over data-parallel ranks; the losses are already normalised by
-        # the whole mini-batch, so each rank's share is scaled back up by the number of ranks.
-        self.engine.backward(out.loss * (weight * self.engine.world_size), is_last_micro_batch=last)
-        stats = {"loss": weight * float(out.loss.detach())}
+            ref_logprobs=ref, num_tokens=totals.num_tokens, num_sequences=totals.num_sequences, entropy=entropy))
+        loss, stats = out.loss, {}
+        if prepared.sft_mask is not None:
+            nll = nll_loss(logprobs, prepared.sft_mask[rows][:, :width].to(device), max(totals.num_sft_tokens, 1.0))
+            loss = loss + self.algo.rejection_sampling.coef * nll
+            stats["rs_nll_loss"] = weight * float(nll.detach())
         for name in ("pg_loss", "kl", "clip_frac_low", "clip_frac_high", "dual_clip_frac", "ratio_mean",
                      "tis_weight_mean", "tis_clip_frac", "entropy"):
             value = getattr(out.stats, name)
             if value is not None:
                 stats[name] = weight * float(value)
-        return stats
+        return loss, stats
+
+    def _critic_terms(self, prepared: Prepared, part: PaddedBatch, rows: Tensor, totals: Totals,
+                      weight: float) -> tuple[Tensor, dict[str, float]]:
+        """The clipped value loss of a micro-batch (unweighted by value.coef) and its weighted stats."""
+        width = part.targets.shape[1]
+        device = self.engine.device
+        mask = part.mask.to(device)  # [R, T]
+        values = self.engine.values(part.input_ids, part.attention_mask, part.positions, mask > 0)  # [R, T]
+        old = prepared.old_values[rows][:, :width].to(device)  # [R, T]
+        returns = prepared.returns[rows][:, :width].to(device)  # [R, T]
+        clip = self.algo.value.clip
+        loss = value_loss(values, old, returns, mask, clip, self.algo.aggregation, totals.num_tokens,
+                          totals.num_sequences, self.algo.seq_sum_normaliser)  # []
+        clipped = value_clip_frac(values.detach(), old, returns, mask, clip, totals.num_tokens)  # []
+        return loss, {"value_loss": weight * float(loss.detach()), "value_clip_frac": weight * float(clipped)}
 
     def _no_grad_logprobs(self, padded: PaddedBatch) -> Tensor:
         """Log-probs [B, T] of every row under the current forward, in token-budget micro-batches."""
+        return self._no_grad_tokens(padded, lambda part, valid: self.engine.logprobs(
+            part.input_ids, part.attention_mask, part.positions, part.targets, valid)[0])
+
+    def _no_grad_tokens(self, padded: PaddedBatch, per_token: Callable[[PaddedBatch, Tensor], Tensor]) -> Tensor:
+        """per_token(part, valid) [R, T'] of every row without gradients, in token-budget micro-batches.  # [B, T]"""
         out = torch.zeros_like(padded.mask)  # [B, T]
         rows = torch.arange(padded.num_rows)
         chunks = micro_batches(rows, padded.input_lengths, self.config.micro_batch_tokens)
@@ -211,10 +300,23 @@ class Trainer:
             for micro, weight in self._my_share(chunks):
                 part = padded.select(micro)
                 valid = torch.arange(part.targets.shape[1])[None, :] < part.completion_lengths[:, None]  # [R, T]
-                lp, _ = self.engine.logprobs(part.input_ids, part.attention_mask, part.positions, part.targets, valid)
+                values = per_token(part, valid)
                 if weight:
-                    out[micro, :lp.shape[1]] = lp.cpu()
+                    out[micro, :values.shape[1]] = values.cpu()
         return self.engine.all_reduce_sum_tensor(out)
+
+    def prepared_stats(self, prepared: Prepared) -> dict[str, float]:
+        """Rejection sampling's kept fraction; the critic's values, returns and explained variance (before the updates)."""
+        stats: dict[str, float] = {}
+        mask = prepared.padded.mask
+        if prepared.sft_mask is not None:
+            stats["rs_kept_fraction"] = float((prepared.sft_mask.sum(-1) > 0).float().mean())
+        if prepared.old_values is not None:
+            stats["value_mean"], _ = _masked_mean_std(prepared.old_values, mask)
+            stats["return_mean"], _ = _masked_mean_std(prepared.returns, mask)
+            stats["value_explained_variance"] = float(explained_variance(prepared.old_values, prepared.returns, mask))
+            stats["critic_only"] = float(self.critic_only)
+        return stats
 
     # -- reporting --------------------------------------------------------------------------------
 
