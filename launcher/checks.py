@@ -7,6 +7,7 @@ the warm-start and the services' start-up, fails here in about a second instead.
 
 from __future__ import annotations
 
+import logging
 import socket
 from pathlib import Path
 
@@ -84,12 +85,15 @@ def check_reward_script(script: Path, rewards: list[str], option: str) -> None:
         reward_config = RewardConfig(script=script, reward=rewards, workers=1)
     except ValidationError as err:
         raise ConfigError(f"--reward: {err.errors()[0]['msg'].removeprefix('Value error, ')}") from None
-    core = None
+    core, service_log = None, logging.getLogger("reward_server")
+    level = service_log.level
+    service_log.setLevel(logging.WARNING)  # the service's start-up lines would bury the one message up prints
     try:
         core = RewardCore(reward_config)
         core.start_workers()
     except ScriptError as err:
         raise ConfigError(f"{option}: {err}") from None
     finally:
+        service_log.setLevel(level)
         if core is not None:
             core.close()
