@@ -17,7 +17,7 @@ from generator.config import GeneratorConfig
 from generator.engines import Engine, EngineRequest, make_engine
 from generator.policy import BaseModelShapes, PolicyVersions, check_adapter
 from generator.prompts import PromptRenderer
-from generator.rollouts import GenerateBatch, GeneratorInfo, GroupResult, LoadResult, Sampling, TokenizedPrompt
+from generator.rollouts import GenerateBatch, GroupResult, TokenizedPrompt
 from rlfleet.adapters import (
     WEIGHTS_FILE,
     AdapterPayload,
@@ -27,6 +27,7 @@ from rlfleet.adapters import (
     write_adapter_dir,
 )
 from rlfleet.errors import InvalidRequest, Overloaded, Rejected
+from rlfleet.generation import GeneratorInfo, LoadResult, Sampling
 
 log = logging.getLogger(__name__)
 

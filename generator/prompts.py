@@ -5,8 +5,9 @@ from __future__ import annotations
 import hashlib
 import json
 
-from generator.rollouts import PromptInput, TokenizedPrompt
+from generator.rollouts import TokenizedPrompt
 from rlfleet.errors import InvalidRequest
+from rlfleet.generation import PromptInput
 
 
 class PromptRenderer:

@@ -3,15 +3,15 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 from collections.abc import AsyncIterator
 
 from generator.core import Generator
-from generator.rollouts import Completion, GenerateBatch, GroupResult, PromptInput, Sampling
+from generator.rollouts import Completion, GenerateBatch, GroupResult
 from rlfleet.adapters.receive import receive_adapter
+from rlfleet.generation import PromptInput, Sampling
+from rlfleet.outcomes import finish_reason_to_proto
 from rlfleet.v1 import common_pb2, generator_pb2, generator_pb2_grpc
-
-_FINISH = {"stop": common_pb2.FINISH_REASON_STOP, "length": common_pb2.FINISH_REASON_LENGTH,
-           "abort": common_pb2.FINISH_REASON_ABORT}
 
 
 def sampling_from_proto(msg: common_pb2.SamplingParams, default_max_tokens: int) -> Sampling:
@@ -32,8 +32,8 @@ def batch_from_proto(request: generator_pb2.GenerateRequest, default_max_tokens:
 
 
 def completion_to_proto(c: Completion) -> common_pb2.Completion:
-    return common_pb2.Completion(token_ids=c.token_ids, logprobs=c.logprobs, finish_reason=_FINISH[c.finish_reason],
-                                 text=c.text)
+    return common_pb2.Completion(token_ids=c.token_ids, logprobs=c.logprobs,
+                                 finish_reason=finish_reason_to_proto(c.finish_reason), text=c.text)
 
 
 def group_to_proto(group: GroupResult) -> generator_pb2.GenerateResponse:
@@ -69,10 +69,4 @@ class GeneratorServicer(generator_pb2_grpc.GeneratorServiceServicer):
                                                  loaded_versions=result.loaded_versions)
 
     async def GetInfo(self, request, context) -> generator_pb2.GeneratorInfo:
-        info = self.core.info()
-        return generator_pb2.GeneratorInfo(
-            model=info.model, base_model_id=info.base_model_id, tokenizer=info.tokenizer,
-            tokenizer_hash=info.tokenizer_hash, max_model_len=info.max_model_len, vocab_size=info.vocab_size,
-            policy_version=info.policy_version, loaded_versions=info.loaded_versions,
-            max_lora_rank=info.max_lora_rank, engine=info.engine, running_requests=info.running_requests,
-            waiting_requests=info.waiting_requests)
+        return generator_pb2.GeneratorInfo(**dataclasses.asdict(self.core.info()))  # same field names

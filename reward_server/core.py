@@ -18,11 +18,11 @@ from dataclasses import dataclass
 
 from reward_server import metrics
 from reward_server.config import RewardConfig
-from reward_server.items import Outcome, RewardItem, RewardSpec
+from reward_server.items import Outcome, RewardSpec
 from reward_server.scripts import ScriptError, ScriptSource, check_value, script_version
 from reward_server.workers import WorkerLimits, WorkerPool
 from rlfleet.errors import Overloaded
-from rlfleet.outcomes import ItemScore, RewardStatus, combine
+from rlfleet.outcomes import ItemScore, RewardItem, RewardStatus, combine
 
 log = logging.getLogger(__name__)
 

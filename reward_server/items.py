@@ -1,31 +1,14 @@
-"""Domain types of the reward server: items to score, per-function outcomes, reward specs."""
+"""Domain types of the reward server: per-function outcomes, reward specs (items and scores: rlfleet.outcomes)."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import dataclass
 
-from rlfleet.outcomes import FinishReason, ItemScore, RewardStatus
+from rlfleet.outcomes import ItemScore, RewardItem, RewardStatus
 
-
-@dataclass(slots=True)
-class RewardItem:
-    """One (prompt, completion) pair with its dataset columns (already JSON-decoded)."""
-
-    prompt: str
-    completion: str
-    columns: dict[str, Any] = field(default_factory=dict)
-    completion_tokens: int = 0
-    """Completion length in tokens; 0 = unknown."""
-    finish_reason: FinishReason | None = None
-    """Why generation stopped; None when unknown."""
-
-    def __reduce__(self):  # a plain tuple pickles ~3x faster than dataclass state (pipes carry many items)
-        return RewardItem, (self.prompt, self.completion, self.columns, self.completion_tokens, self.finish_reason)
-
-    def kwargs(self) -> dict[str, Any]:
-        """Keyword arguments a reward function receives for this item (TRL passes columns the same way)."""
-        return {**self.columns, "completion_tokens": self.completion_tokens, "finish_reason": self.finish_reason}
+# RewardItem is the Score RPC's domain type, shared with rlfleet.clients.RewardClient; the reward
+# server's modules may import it from here too.
+__all__ = ["Outcome", "RewardItem", "RewardSpec"]
 
 
 @dataclass(slots=True)

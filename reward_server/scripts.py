@@ -20,8 +20,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from reward_server.items import Outcome, RewardItem
-from rlfleet.outcomes import RewardStatus
+from reward_server.items import Outcome
+from rlfleet.outcomes import RewardItem, RewardStatus
 
 MODULE_NAME = "rlfleet_reward_script"
 

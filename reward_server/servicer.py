@@ -5,9 +5,8 @@ from __future__ import annotations
 import json
 
 from reward_server.core import RewardCore
-from reward_server.items import RewardItem
 from rlfleet.errors import InvalidRequest
-from rlfleet.outcomes import ItemScore, finish_reason_from_proto, reward_status_to_proto
+from rlfleet.outcomes import ItemScore, RewardItem, finish_reason_from_proto, reward_status_to_proto
 from rlfleet.v1 import common_pb2, reward_pb2, reward_pb2_grpc
 
 # Names a reward function already receives positionally or from the item itself.

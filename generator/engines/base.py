@@ -6,7 +6,8 @@ from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from pathlib import Path
 
-from generator.rollouts import EngineOutput, Sampling
+from generator.rollouts import EngineOutput
+from rlfleet.generation import Sampling
 
 
 @dataclass(frozen=True)

@@ -11,7 +11,9 @@ from pathlib import Path
 
 from generator.config import GeneratorConfig
 from generator.engines.base import Engine, EngineRequest, EngineStats
-from generator.rollouts import Completion, EngineOutput, FinishReason, Sampling
+from generator.rollouts import Completion, EngineOutput
+from rlfleet.generation import Sampling
+from rlfleet.outcomes import FinishReason
 
 
 class TransformersFakeEngine(Engine):
@@ -54,10 +56,10 @@ class TransformersFakeEngine(Engine):
         rng = torch.Generator().manual_seed(s.seed * 1009 + index) if s.seed is not None else None
         token_ids: list[int] = []
         logprobs: list[float] = []
-        finish: FinishReason = "length"
+        finish = FinishReason.LENGTH
         for step in range(s.max_tokens):
             if request.request_id in self._aborted:
-                finish = "abort"
+                finish = FinishReason.ABORT
                 break
             logits = await self._next_logits(request.prompt_ids + token_ids, request.adapter_version)  # [V]
             token = _pick(logits, s, rng)
@@ -66,7 +68,7 @@ class TransformersFakeEngine(Engine):
             text = self._tokenizer.decode(token_ids, skip_special_tokens=True)
             if step + 1 >= s.min_tokens and (token == self._tokenizer.eos_token_id or token in s.stop_token_ids
                                              or any(stop in text for stop in s.stop)):
-                finish = "stop"
+                finish = FinishReason.STOP
                 break
         text = self._tokenizer.decode(token_ids, skip_special_tokens=True)
         for stop in s.stop:

@@ -8,12 +8,15 @@ from pathlib import Path
 
 from generator.config import GeneratorConfig
 from generator.engines.base import Engine, EngineRequest, EngineStats
-from generator.rollouts import Completion, EngineOutput, FinishReason, Sampling
+from generator.rollouts import Completion, EngineOutput
 from rlfleet.errors import Rejected
+from rlfleet.generation import Sampling
+from rlfleet.outcomes import FinishReason
 
 log = logging.getLogger(__name__)
 
-_FINISH: dict[str | None, FinishReason] = {"stop": "stop", "length": "length"}
+# vLLM's finish_reason strings; anything else (None, "abort") ended early.
+_FINISH: dict[str | None, FinishReason] = {"stop": FinishReason.STOP, "length": FinishReason.LENGTH}
 
 
 def _stats_logger_class(sink: dict[str, int]):
@@ -134,4 +137,4 @@ def _completion(output, with_logprobs: bool) -> Completion:
     if with_logprobs and output.logprobs is not None:
         logprobs = [step[token].logprob for step, token in zip(output.logprobs, token_ids, strict=True)]
     return Completion(token_ids=token_ids, logprobs=logprobs,
-                      finish_reason=_FINISH.get(output.finish_reason, "abort"), text=output.text)
+                      finish_reason=_FINISH.get(output.finish_reason, FinishReason.ABORT), text=output.text)

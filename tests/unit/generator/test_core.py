@@ -15,9 +15,10 @@ import pytest
 
 from generator.config import GeneratorConfig
 from generator.core import Generator
-from generator.rollouts import GenerateBatch, PromptInput, Sampling
+from generator.rollouts import GenerateBatch
 from rlfleet.adapters import AdapterPayload, adapter_from_dir, base_model_id
 from rlfleet.errors import NotFound, Overloaded, Rejected
+from rlfleet.generation import PromptInput, Sampling
 
 
 @pytest.fixture(scope="module")

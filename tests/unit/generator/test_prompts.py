@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 
 from generator.prompts import PromptRenderer
-from generator.rollouts import PromptInput
 from launcher.tiny_model import build_tokenizer
 from rlfleet.errors import InvalidRequest
+from rlfleet.generation import PromptInput
 
 # The byte tokenizer's vocabulary is the 256 ByteLevel characters sorted by code point, then the
 # specials. Printable ASCII maps to itself and '!' (33) is the smallest character, so a printable

@@ -8,9 +8,9 @@ import pytest
 
 from reward_server.config import RewardConfig, parse_reward
 from reward_server.core import score_items
-from reward_server.items import Outcome, RewardItem, RewardSpec
+from reward_server.items import Outcome, RewardSpec
 from reward_server.scripts import RewardFunction, call_batched, call_one, calling_form, check_value
-from rlfleet.outcomes import RewardStatus
+from rlfleet.outcomes import RewardItem, RewardStatus
 
 
 def test_combine_weights_skips_none_and_takes_worst_status():
