@@ -5,8 +5,8 @@ from __future__ import annotations
 import asyncio
 import logging
 
+from reward_server import sandbox
 from reward_server.core import RewardCore
-from reward_server.sandbox import network_isolation
 from reward_server.servicer import RewardServicer
 from rlfleet.config import ServerConfig
 from rlfleet.server import GrpcServer
@@ -22,9 +22,9 @@ async def start_server(config: ServerConfig, core: RewardCore) -> GrpcServer:
     server.add_servicer(reward_pb2_grpc.add_RewardServiceServicer_to_server, RewardServicer(core))
     await server.start([SERVICE])
     await asyncio.to_thread(core.load_model)
-    log.info("rewards %s (script_version %s); code sandbox network isolation: %s",
+    log.info("rewards %s (script_version %s); code sandbox: %s",
              ", ".join(f"{s.name}:{s.weight:g}" for s in core.specs), core.version,
-             " ".join(network_isolation()) or "NONE (no unshare here)")
+             await asyncio.to_thread(sandbox.describe))
     await server.set_ready()
     return server
 

