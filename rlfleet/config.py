@@ -66,10 +66,19 @@ class ServerConfig(ConfigModel):
     """gRPC port; 0 picks a free port (tests)."""
     metrics_port: int | None = Field(None, ge=0, le=65535)
     """HTTP port serving Prometheus /metrics; unset disables it, 0 picks a free port."""
+    metrics_host: str | None = None
+    """Interface the /metrics endpoint binds; unset: the same as host."""
     max_message_bytes: int = Field(256 * 1024 * 1024, ge=4 * 1024 * 1024)
     """Largest gRPC message sent or received, in bytes (gRPC's default of 4 MiB is too small for rollout batches)."""
     max_concurrent_rpcs: int = Field(256, ge=1)
-    """RPCs handled at once; past it new calls get RESOURCE_EXHAUSTED instead of queueing."""
+    """Application RPCs handled at once; past it new calls get RESOURCE_EXHAUSTED instead of queueing. Health
+    checks and the probe streams (max_probe_streams) are not counted."""
+    max_probe_streams: int = Field(16, ge=1)
+    """Health Watch and reflection streams open at once (a budget of their own, since health needs no token); past
+    it new ones get RESOURCE_EXHAUSTED."""
+    reflection: bool = False
+    """Serve gRPC server reflection (grpcurl and similar tools list the API through it); it needs the bearer token
+    when auth_token is set."""
     grace_seconds: float = Field(10.0, ge=0)
     """On SIGTERM/SIGINT, how long in-flight calls may finish before they are cancelled."""
     auth_token: str | None = None

@@ -26,13 +26,16 @@ RPC_IN_FLIGHT = Gauge(
     "rlfleet_grpc_requests_in_flight", "gRPC calls being handled now.", ["service"])
 SERVICE_UP = Gauge(
     "rlfleet_service_ready", "1 when the service reports SERVING on its health endpoint, else 0.", ["service"])
+AUTH_FAILURES = Counter(
+    "rlfleet_auth_failures_total", "Calls refused with UNAUTHENTICATED (no or wrong bearer token).", ["service"])
 
 
-def start_metrics_server(port: int | None, registry: CollectorRegistry = REGISTRY) -> int | None:
-    """Serves `registry` at http://0.0.0.0:PORT/metrics in a daemon thread; returns the bound port."""
+def start_metrics_server(port: int | None, host: str = "127.0.0.1",
+                         registry: CollectorRegistry = REGISTRY) -> int | None:
+    """Serves `registry` at http://HOST:PORT/metrics in a daemon thread; returns the bound port."""
     if port is None:
         return None
-    server, _thread = start_http_server(port, registry=registry)
+    server, _thread = start_http_server(port, addr=host, registry=registry)
     bound = server.server_address[1]
-    log.info("metrics on :%d/metrics", bound)
+    log.info("metrics on %s:%d/metrics", host, bound)
     return bound

@@ -12,11 +12,16 @@ and every call to a servicer registered through `add_servicer` gets UNAVAILABLE,
 probes never reach a service that is still loading (its servicer never sees a call before its core
 exists). `set_not_ready` turns both back. Shutdown follows gRPC's advice: health NOT_SERVING first,
 then `server.stop(grace)` lets in-flight calls finish.
+
+Limits are the interceptor's (rlfleet.interceptors.CallLimits), not grpc's `maximum_concurrent_rpcs`:
+application calls and the token-free probe streams (health Watch, reflection) have separate budgets.
+Reflection is served only when `server.reflection` is set, and then needs the token like any call.
 """
 
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import logging
 import signal
 from collections.abc import Iterable
@@ -27,7 +32,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from rlfleet.config import ServerConfig
-from rlfleet.interceptors import BearerTokenInterceptor, ErrorAndMetricsInterceptor, ReadinessGate
+from rlfleet.interceptors import BearerTokenInterceptor, CallLimits, ErrorAndMetricsInterceptor, ReadinessGate
 from rlfleet.metrics import SERVICE_UP, start_metrics_server
 
 log = logging.getLogger(__name__)
@@ -73,6 +78,16 @@ def add_servicer(add_to_server, servicer, server, raw_requests: Iterable[str] = 
     return capture.service
 
 
+def is_loopback(host: str) -> bool:
+    """Whether binding `host` keeps a server on this machine (127.0.0.0/8, ::1, localhost)."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False  # a name that resolves elsewhere
+
+
 class GrpcServer:
     """An aio gRPC server with the standard health and reflection services and rlfleet's interceptors."""
 
@@ -81,13 +96,13 @@ class GrpcServer:
         self.name = name
         interceptors: list[aio.ServerInterceptor] = []
         if config.auth_token:
-            interceptors.append(BearerTokenInterceptor(config.auth_token))
+            interceptors.append(BearerTokenInterceptor(config.auth_token, name))
         self._gate = ReadinessGate(name)
-        interceptors.append(ErrorAndMetricsInterceptor(name, self._gate))
+        self.limits = CallLimits(config.max_concurrent_rpcs, config.max_probe_streams)
+        interceptors.append(ErrorAndMetricsInterceptor(name, self._gate, self.limits))
         self.grpc = aio.server(
             interceptors=interceptors,
             options=channel_options(config.max_message_bytes, config.keepalive_seconds),
-            maximum_concurrent_rpcs=config.max_concurrent_rpcs,
         )
         self.health = health.aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.grpc)
@@ -99,9 +114,10 @@ class GrpcServer:
     async def start(self, service_names: Iterable[str]) -> int:
         """Binds, starts serving (health NOT_SERVING) and the metrics endpoint; returns the bound port."""
         self._services = list(service_names)
-        reflection.enable_server_reflection(
-            [*self._services, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME],
-            self.grpc)
+        if self.config.reflection:
+            reflection.enable_server_reflection(
+                [*self._services, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME],
+                self.grpc)
         address = f"{self.config.host}:{self.config.port}"
         tls = self.config.tls
         if (tls.cert_file is None) != (tls.key_file is None):
@@ -111,13 +127,21 @@ class GrpcServer:
             self.port = self.grpc.add_secure_port(address, creds)
         else:
             self.port = self.grpc.add_insecure_port(address)
+        self._warn_plaintext_token()
         for service in ["", *self._services]:
             await self.health.set(service, health_pb2.HealthCheckResponse.NOT_SERVING)
         await self.grpc.start()
-        self.metrics_port = start_metrics_server(self.config.metrics_port)
+        self.metrics_port = start_metrics_server(self.config.metrics_port, self.config.metrics_host or self.config.host)
         SERVICE_UP.labels(self.name).set(0)
         log.info("%s listening on %s:%d (NOT_SERVING until ready)", self.name, self.config.host, self.port)
         return self.port
+
+    def _warn_plaintext_token(self) -> None:
+        """Warns when a bearer token would cross a network in plaintext (anyone on the path can copy it)."""
+        if self.config.auth_token and not self.config.tls.cert_file and not is_loopback(self.config.host):
+            log.warning("%s: server.auth_token is set but TLS is not, on %s: the token crosses the network in "
+                        "plaintext; set server.tls.cert_file and server.tls.key_file (or bind 127.0.0.1)",
+                        self.name, self.config.host)
 
     def add_servicer(self, add_to_server, servicer, raw_requests: Iterable[str] = ()) -> None:
         """Registers `servicer` (see the module function `add_servicer`); its calls get UNAVAILABLE until `set_ready`.
