@@ -8,9 +8,12 @@
         state.json          step, policy_version, the rollout source's cursor
     RUN_DIR/checkpoints/LATEST   name of the newest complete checkpoint
 
-A checkpoint is assembled in a hidden temporary folder and renamed into place, then LATEST is
-replaced, so a crash at any moment leaves the previous checkpoint intact and LATEST never points at
-a partial one.
+A checkpoint is assembled in a hidden temporary folder, every file and folder of it fsynced, and
+renamed into place; then LATEST is replaced (and the folder holding it fsynced), so a crash or a
+power loss at any moment leaves the previous checkpoint intact and LATEST never points at a partial
+one. Re-saving a step that already has a folder (a resumed run reaching it again) first renames the
+old folder aside (`.old-step-...`) and deletes it only once the new one is in place: a crash between
+the two renames leaves the aside copy, which `latest_checkpoint` falls back to.
 """
 
 from __future__ import annotations
@@ -41,6 +44,23 @@ class TrainingState:
     source: dict[str, Any] = field(default_factory=dict)
 
 
+def _fsync(path: Path) -> None:
+    """Flushes a file's data, or a folder's entries (the names renamed into it), to the disk."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _fsync_tree(folder: Path) -> None:
+    """fsync of every file and folder under `folder`, deepest first, and of `folder` itself."""
+    for parent, _, files in os.walk(folder, topdown=False):
+        for name in files:
+            _fsync(Path(parent) / name)
+        _fsync(Path(parent))
+
+
 def _write_atomically(path: Path, text: str) -> None:
     tmp = path.with_name(f".{path.name}.tmp")
     with open(tmp, "w") as f:
@@ -48,6 +68,22 @@ def _write_atomically(path: Path, text: str) -> None:
         f.flush()
         os.fsync(f.fileno())
     os.replace(tmp, path)
+    _fsync(path.parent)  # without it the rename itself may be lost on power loss
+
+
+def _aside(final: Path) -> Path:
+    return final.with_name(f".old-{final.name}")
+
+
+def _install(tmp: Path, final: Path) -> None:
+    """Renames the complete `tmp` to `final`; an existing `final` is renamed aside first, removed last."""
+    aside = _aside(final)
+    if final.exists():
+        shutil.rmtree(aside, ignore_errors=True)
+        os.replace(final, aside)
+    os.replace(tmp, final)
+    _fsync(final.parent)
+    shutil.rmtree(aside, ignore_errors=True)
 
 
 def _rng_state(shuffle: torch.Generator) -> dict[str, Any]:
@@ -93,9 +129,8 @@ def save_checkpoint(run_dir: Path, engine: PolicyEngine, state: TrainingState, a
         write_adapter_dir(adapter, tmp / "adapter")
         torch.save(_rng_state(shuffle), tmp / "rng.pt")
         _write_atomically(tmp / "state.json", json.dumps(asdict(state), indent=1))
-        if final.exists():
-            shutil.rmtree(final)
-        os.replace(tmp, final)
+        _fsync_tree(tmp)  # every rank's shard is written (barrier above): all of it reaches the disk first
+        _install(tmp, final)
         _write_atomically(root / LATEST, name)
         _prune(root, keep_last)
     _barrier()
@@ -103,18 +138,25 @@ def save_checkpoint(run_dir: Path, engine: PolicyEngine, state: TrainingState, a
 
 
 def _prune(root: Path, keep_last: int) -> None:
+    """Keeps the newest `keep_last` checkpoints; drops what interrupted saves left (LATEST is newer now)."""
     done = sorted(p for p in root.glob("step-*") if p.is_dir())
-    for old in done[:-keep_last]:
+    for old in done[:-keep_last] + list(root.glob(".old-step-*")) + list(root.glob(".tmp-step-*")):
         shutil.rmtree(old, ignore_errors=True)
 
 
 def latest_checkpoint(run_dir: Path) -> Path | None:
-    """The newest complete checkpoint of a run, or None."""
-    pointer = Path(run_dir) / "checkpoints" / LATEST
-    if not pointer.exists():
-        return None
-    path = pointer.parent / pointer.read_text().strip()
-    return path if (path / "state.json").exists() else None
+    """The newest complete checkpoint of a run, or None.
+
+    The one LATEST names; if a crash came between renaming that folder aside and renaming its new
+    copy in, the aside copy; without LATEST, the newest folder that holds a state.json.
+    """
+    root = Path(run_dir) / "checkpoints"
+    candidates = []
+    if (root / LATEST).exists():
+        named = root / (root / LATEST).read_text().strip()
+        candidates += [named, _aside(named)]
+    candidates += sorted(root.glob("step-*"), reverse=True)
+    return next((path for path in candidates if (path / "state.json").exists()), None)
 
 
 def load_checkpoint(path: Path, engine: PolicyEngine, shuffle: torch.Generator) -> TrainingState:

@@ -86,7 +86,11 @@ def write_adapter_dir(payload: AdapterPayload, dest: str | Path, durable: bool =
     dest = Path(dest)
     dest.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", dir=dest.parent))
-    (tmp / CONFIG_FILE).write_text(payload.config_json)
+    with open(tmp / CONFIG_FILE, "w") as f:
+        f.write(payload.config_json)
+        f.flush()
+        if durable:
+            os.fsync(f.fileno())
     if isinstance(payload.weights, Path):
         os.replace(payload.weights, tmp / WEIGHTS_FILE)
         if durable:
@@ -98,7 +102,25 @@ def write_adapter_dir(payload: AdapterPayload, dest: str | Path, durable: bool =
             f.flush()
             if durable:
                 os.fsync(f.fileno())
+    if durable:
+        _fsync_dir(tmp)
+    # The old folder is renamed aside, not deleted, until the new one is in place: a crash between
+    # the two renames leaves one whole copy (under the `.old-` name).
+    aside = dest.with_name(f".old-{dest.name}")
     if dest.exists():
-        shutil.rmtree(dest)
+        shutil.rmtree(aside, ignore_errors=True)
+        os.replace(dest, aside)
     os.replace(tmp, dest)
+    if durable:
+        _fsync_dir(dest.parent)
+    shutil.rmtree(aside, ignore_errors=True)
     return dest
+
+
+def _fsync_dir(folder: Path) -> None:
+    """Puts a folder's entries (names created or renamed into it) on the disk."""
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
