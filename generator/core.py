@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
+import math
 import shutil
 import tempfile
 import time
@@ -110,7 +111,11 @@ class Generator:
         checks = (
             ("sampling.n", 1 <= s.n <= self.config.max_samples_per_prompt, f"must be in [1, {self.config.max_samples_per_prompt}]"),
             ("sampling.max_tokens", 1 <= s.max_tokens < self.engine.max_model_len, f"must be in [1, {self.engine.max_model_len})"),
-            ("sampling.temperature", s.temperature >= 0, "must be >= 0 (0 is greedy)"),
+            ("sampling.temperature", math.isfinite(s.temperature) and s.temperature >= 0,
+             f"must be finite and >= 0 (0 is greedy), got {s.temperature}"),
+            # Greedy decoding has one answer per prompt: n copies of it would be a GRPO group with no spread.
+            ("sampling.n", s.n == 1 or s.temperature > 0, f"n = {s.n} needs temperature > 0 (0 is greedy: "
+             "every sample would be the same)"),
             ("sampling.top_p", 0 < s.top_p <= 1, "must be in (0, 1]"),
             ("sampling.top_k", s.top_k >= 0, "must be >= 0 (0 disables it)"),
             ("sampling.min_p", 0 <= s.min_p <= 1, "must be in [0, 1]"),

@@ -17,7 +17,7 @@ from generator.config import GeneratorConfig
 from generator.core import Generator
 from generator.rollouts import GenerateBatch
 from rlfleet.adapters import AdapterPayload, adapter_from_dir, base_model_id
-from rlfleet.errors import NotFound, Overloaded, Rejected
+from rlfleet.errors import InvalidRequest, NotFound, Overloaded, Rejected
 from rlfleet.generation import PromptInput, Sampling
 
 
@@ -128,3 +128,20 @@ def test_rejected_adapter_leaves_the_serving_version(tiny_model_dir, tmp_path, a
     assert info.policy_version == 1 and info.loaded_versions == [1] and info.engine == "transformers-fake"
     assert after[0].policy_version == 1 and after[0].completions[0].token_ids == before[0].completions[0].token_ids
     assert base[0].completions[0].token_ids != before[0].completions[0].token_ids   # the adapter matters
+
+
+@pytest.mark.parametrize(("sampling", "field"), [
+    ({"temperature": float("inf")}, "sampling.temperature"),
+    ({"temperature": float("nan")}, "sampling.temperature"),
+    ({"n": 2, "temperature": 0.0}, "sampling.n"),   # greedy: both samples would be the same
+])
+def test_sampling_holes_are_invalid_requests_naming_the_field(tiny_model_dir, tmp_path, sampling, field):
+    async def run():
+        core = await Generator.create(_config(tiny_model_dir, tmp_path))
+        with pytest.raises(InvalidRequest) as err:
+            await _collect(core, _batch(**sampling))
+        return err.value.field, await _collect(core, _batch(n=2, temperature=1.0))
+
+    name, after = asyncio.run(run())
+    assert name == field
+    assert len(after[0].completions) == 2   # the next good call is served
