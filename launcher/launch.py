@@ -88,10 +88,9 @@ def cluster_tables(config: UpConfig, model: str, run_dir: Path, ports: Ports) ->
             "deepspeed": {"zero_stage": 2, "dtype": "fp32", "lr": config.lr},
             "algo": {"kl": {"coef": config.kl_coef, "estimator": "k3", "mode": "loss"}},
             "checkpoint": {"every_steps": max(config.steps // 4, 1)},
-            "push": {"generators": [f"127.0.0.1:{p}" for p in ports.generators]},
+            "generators": [f"127.0.0.1:{p}" for p in ports.generators],
             "source": {
                 "type": "pipeline", "dataset": config.dataset, "seed": config.seed, "eval_split_fraction": 0.1,
-                "generators": [f"127.0.0.1:{p}" for p in ports.generators],
                 "rewards": [{"address": f"127.0.0.1:{ports.reward}", "name": "reward"}],
                 "reference": f"127.0.0.1:{ports.reference}" if reference else None,
                 "group_size": config.group_size, "prompts_per_batch": config.prompts_per_batch,
@@ -122,14 +121,15 @@ def heldout_reward(config: UpConfig, tables: dict, label: str) -> float | None:
     """Greedy held-out reward through the running generators and reward service."""
     if config.eval_rows == 0:
         return None
-    from learner.pipeline.config import PipelineConfig
+    from learner.config import LearnerConfig
     from learner.pipeline.dataset import load_rows
     from learner.pipeline.evaluate import evaluate
 
-    pipeline = PipelineConfig.model_validate(tables["learner"]["source"])
+    learner = LearnerConfig.model_validate(tables["learner"])
+    pipeline = learner.source
     _, eval_rows = load_rows(pipeline.dataset, pipeline.prompt_column, pipeline.answer_column,
                              pipeline.eval_split_fraction, pipeline.seed)
-    result = asyncio.run(evaluate(eval_rows[: config.eval_rows], pipeline))
+    result = asyncio.run(evaluate(eval_rows[: config.eval_rows], learner))
     parts = ", ".join(f"{k} {v:.3f}" for k, v in result.components.items())
     print(f"           held-out reward {label}: {result.mean_reward:.3f} ({parts}; {result.rows} prompts, "
           f"policy version {result.policy_version})", flush=True)
@@ -138,18 +138,19 @@ def heldout_reward(config: UpConfig, tables: dict, label: str) -> float | None:
 
 def wait_for_version(address: str, version: int, timeout: float = 60.0) -> int:
     """Waits until a generator serves `version` (the learner's last push); returns what it serves."""
-    from rlfleet.client import make_sync_channel
-    from rlfleet.v1 import generator_pb2, generator_pb2_grpc
+    from rlfleet.clients import GeneratorClient
 
-    deadline, served = time.monotonic() + timeout, -1
-    with make_sync_channel(address) as channel:
-        stub = generator_pb2_grpc.GeneratorServiceStub(channel)
-        while time.monotonic() < deadline:
-            served = stub.GetInfo(generator_pb2.GetGeneratorInfoRequest(), timeout=5).policy_version
-            if served >= version:
-                break
-            time.sleep(0.5)
-    return served
+    async def wait() -> int:
+        deadline, served = time.monotonic() + timeout, -1
+        async with GeneratorClient(address) as generator:
+            while time.monotonic() < deadline:
+                served = (await generator.info(timeout=5)).policy_version
+                if served >= version:
+                    break
+                await asyncio.sleep(0.5)
+        return served
+
+    return asyncio.run(wait())
 
 
 def train(cluster: LocalCluster, config: UpConfig, cluster_toml: Path, ports: Ports, run_dir: Path) -> Service:

@@ -8,7 +8,8 @@ from typing import Annotated, ClassVar, Literal
 from pydantic import Field, field_validator, model_validator
 
 from learner.algos.config import AlgoConfig
-from learner.pipeline.config import PipelineConfig
+from learner.pipeline.config import PipelineConfig, reject_renamed
+from rlfleet.clients.resolve import split_target
 from rlfleet.config import ClientConfig, ConfigModel, ServiceConfig
 
 
@@ -58,16 +59,20 @@ class DeepSpeedSettings(ConfigModel):
 
 
 class PushSettings(ConfigModel):
-    """Where and how often new adapter versions are pushed."""
+    """How often and how new adapter versions are pushed (to every address of learner.generators)."""
 
-    generators: list[str] = []
-    """Generator targets; `dns:///name:port` pushes to every address the name resolves to, each separately."""
     push_every_steps: int = Field(1, ge=1)
     """Push after every k-th training step (the last step is always pushed)."""
     timeout_seconds: float = Field(60.0, gt=0)
     """Deadline of one LoadAdapter call; a late generator catches up later or through GetPolicy."""
     chunk_bytes: int = Field(2 * 1024 * 1024, ge=1024, le=64 * 1024 * 1024)
     """Size of one streamed adapter slice in bytes."""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _renamed(cls, data: object) -> object:
+        return reject_renamed(data, "push.", {
+            "generators": "generators (learner.generators: one list for rollouts and weight pushes)"})
 
 
 class CheckpointSettings(ConfigModel):
@@ -125,6 +130,8 @@ class LearnerConfig(ServiceConfig):
     """Advantage estimator, policy loss, KL, aggregation, TIS, DAPO filters."""
     reference: Literal["in_process", "service"] = "in_process"
     """Where reference log-probs come from: the adapter-disabled model here, or the rollouts (reference service)."""
+    generators: list[str] = ["127.0.0.1:50051"]
+    """Generator targets for rollouts and weight pushes alike; `dns:///name:port` stands for every replica behind it."""
     push: PushSettings = PushSettings()
     """Adapter pushes to generators."""
     checkpoint: CheckpointSettings = CheckpointSettings()
@@ -132,13 +139,28 @@ class LearnerConfig(ServiceConfig):
     source: SourceConfig = PipelineConfig()
     """Where rollouts come from: `pipeline` (generate in-process) or `push` (the PushRollouts RPC)."""
     client: ClientConfig = ClientConfig()
-    """Deadline, retries and auth of the learner's calls to generators."""
+    """Default deadline, retries, auth and TLS of every call the learner makes (generators, rewards, reference)."""
+
+    @field_validator("generators")
+    @classmethod
+    def _are_targets(cls, value: list[str]) -> list[str]:
+        for target in value:
+            split_target(target)
+        return value
 
     @model_validator(mode="after")
-    def _check_critic(self) -> LearnerConfig:
-        if self.algo.needs_critic:
-            raise ValueError("algo.advantage 'gae' needs a value head, which this learner does not train yet")
+    def _check_pipeline_needs(self) -> LearnerConfig:
+        if self.source.type == "pipeline" and not self.generators:
+            raise ValueError("generators: the pipeline source needs at least one generator address")
+        if self.needs_reference_service and self.source.type == "pipeline" and not self.source.reference:
+            raise ValueError("source.reference: learner.reference = 'service' with a KL term needs the reference "
+                             "service's address")
         return self
+
+    @property
+    def needs_reference_service(self) -> bool:
+        """Rollouts carry reference log-probs from the reference service: the KL term is on and not in-process."""
+        return self.algo.needs_reference and self.reference == "service"
 
     @property
     def updates_per_batch(self) -> int:

@@ -1,7 +1,7 @@
 """The learner's loop: collect_rollouts -> train_step -> push_weights -> checkpoint, until max_steps or SIGTERM.
 
     source = make_source(config, trainer)
-    loop = TrainingLoop(config, trainer, source, AdapterPusher(config.push, config.client))
+    loop = TrainingLoop(config, trainer, source, AdapterPusher(config.generators, config.push, config.client))
     state = await loop.run()
 
 Torch work runs in a worker thread (`asyncio.to_thread`), so the event loop keeps serving
@@ -41,7 +41,7 @@ def make_source(config: LearnerConfig, trainer: Trainer | None = None) -> Rollou
         from learner.queue_source import QueueSource
 
         return QueueSource(config.source.max_queued_batches, config.source.remembered_batch_ids,
-                           require_ref_logprobs=config.algo.needs_reference and config.reference == "service")
+                           require_ref_logprobs=config.needs_reference_service)
     from learner.pipeline import make_pipeline_source
 
     return make_pipeline_source(config, trainer)
@@ -147,7 +147,7 @@ class TrainingLoop:
                                                       self.status.policy_version, self.trainer.engine.base_model_id)
         metrics.POLICY_VERSION.set(self.status.policy_version)
         due = force or self.status.step % self.config.push.push_every_steps == 0
-        if due and self.config.push.generators:
+        if due and self.config.generators:
             task = asyncio.ensure_future(self.pusher.push(self.status.adapter))
             self.status.pushes = [t for t in self.status.pushes if not t.done()] + [task]
 

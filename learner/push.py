@@ -11,9 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import socket
 import time
-from collections.abc import Iterable
 from dataclasses import dataclass
 
 import safetensors.torch
@@ -21,8 +19,8 @@ from torch import Tensor
 
 from learner import metrics
 from learner.config import PushSettings
-from rlfleet.adapters import AdapterPayload, encode_chunks, load_adapter_method
-from rlfleet.client import make_channel
+from rlfleet.adapters import AdapterPayload
+from rlfleet.clients import GeneratorClient, expand_targets
 from rlfleet.config import ClientConfig
 
 log = logging.getLogger(__name__)
@@ -36,32 +34,6 @@ def serialise_adapter(config_json: str, tensors: dict[str, Tensor], policy_versi
                              weights=weights)
     _ = payload.checksum  # hashed here, once per version and off the event loop, not when each push starts
     return payload
-
-
-def _split_host_port(hostport: str) -> tuple[str, int]:
-    host, _, port = hostport.rpartition(":")
-    if not host or not port.isdigit():
-        raise ValueError(f"push.generators: {hostport!r} is not HOST:PORT")
-    return host.strip("[]"), int(port)
-
-
-def resolve_targets(targets: Iterable[str]) -> list[str]:
-    """Expands `dns:///name:port` into one `ip:port` per address the name resolves to; others pass through."""
-    out: list[str] = []
-    for target in targets:
-        if not target.startswith("dns:"):
-            out.append(target)
-            continue
-        host, port = _split_host_port(target.split("/")[-1])
-        try:
-            infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
-        except socket.gaierror as err:
-            log.warning("push: cannot resolve %s: %s", target, err)
-            continue
-        for family, *_rest, address in infos:
-            ip = f"[{address[0]}]" if family == socket.AF_INET6 else address[0]
-            out.append(f"{ip}:{address[1]}")
-    return list(dict.fromkeys(out))
 
 
 @dataclass(frozen=True)
@@ -78,13 +50,15 @@ class PushOutcome:
 class AdapterPusher:
     """Pushes adapter versions to every generator; remembers what each one acknowledged."""
 
-    def __init__(self, settings: PushSettings, client: ClientConfig):
+    def __init__(self, generators: list[str], settings: PushSettings, client: ClientConfig):
+        self.generators = generators
+        """Targets; a `dns:///name:port` one is resolved at every push and each address pushed to separately."""
         self.settings = settings
         self.client = client
         self.acked: dict[str, int] = {}
         self.latest: AdapterPayload | None = None
         self._inflight: dict[str, asyncio.Task] = {}
-        self._channels: dict[str, object] = {}
+        self._clients: dict[str, GeneratorClient] = {}
 
     async def push(self, payload: AdapterPayload) -> list[PushOutcome]:
         """Makes `payload` the newest version and sends it to every generator not busy with an older push.
@@ -94,7 +68,7 @@ class AdapterPusher:
         the outcomes of the pushes started here, once they (and their catch-ups) are done.
         """
         self.latest = payload
-        targets = await asyncio.to_thread(resolve_targets, self.settings.generators)
+        targets = await asyncio.to_thread(expand_targets, self.generators)
         started = []
         for target in targets:
             if target in self._inflight and not self._inflight[target].done():
@@ -116,7 +90,8 @@ class AdapterPusher:
     async def _push_one(self, target: str, payload: AdapterPayload) -> PushOutcome:
         start = time.perf_counter()
         try:
-            reply = await asyncio.wait_for(self._load_adapter(target, payload), self.settings.timeout_seconds)
+            reply = await asyncio.wait_for(self._client(target).load_adapter(
+                payload, self.settings.chunk_bytes, timeout=self.settings.timeout_seconds), self.settings.timeout_seconds)
         except Exception as err:  # noqa: BLE001 - one generator's failure must not reach the others or training
             metrics.PUSHES.labels("failed").inc()
             log.warning("push of version %d to %s failed: %s", payload.policy_version, target, err)
@@ -129,11 +104,10 @@ class AdapterPusher:
         metrics.PUSH_SECONDS.observe(seconds)
         return PushOutcome(target, payload.policy_version, True, seconds)
 
-    async def _load_adapter(self, target: str, payload: AdapterPayload):
-        if target not in self._channels:
-            self._channels[target] = make_channel(target, self.client)
-        load_adapter = load_adapter_method(self._channels[target])
-        return await load_adapter(encode_chunks(payload, self.settings.chunk_bytes), timeout=self.settings.timeout_seconds)
+    def _client(self, target: str) -> GeneratorClient:
+        if target not in self._clients:
+            self._clients[target] = GeneratorClient(target, self.client)
+        return self._clients[target]
 
     async def drain(self, timeout: float) -> None:
         """Waits up to `timeout` seconds for pushes in flight (at shutdown)."""
@@ -144,6 +118,6 @@ class AdapterPusher:
     async def close(self) -> None:
         for task in self._inflight.values():
             task.cancel()
-        for channel in self._channels.values():
-            await channel.close()
-        self._channels.clear()
+        for client in self._clients.values():
+            await client.close()
+        self._clients.clear()

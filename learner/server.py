@@ -27,7 +27,7 @@ class LearnerServer:
     def __init__(self, config: LearnerConfig):
         self.config = config
         self.grpc = GrpcServer(config.server, name="learner")
-        self.pusher = AdapterPusher(config.push, config.client)
+        self.pusher = AdapterPusher(config.generators, config.push, config.client)
         self.loop: TrainingLoop | None = None
 
     async def start(self) -> int:

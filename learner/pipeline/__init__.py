@@ -10,11 +10,9 @@ if TYPE_CHECKING:
 
 
 def make_pipeline_source(config: LearnerConfig, trainer=None) -> PipelineSource:
-    """The pipeline for a learner config: reference log-probs come from the service only when the KL needs them."""
+    """The pipeline for a learner config (LearnerConfig checked that it has generators and, if needed, a reference)."""
     from learner.pipeline.source import PipelineSource
 
-    needs_reference = config.algo.needs_reference and config.reference == "service"
-    if needs_reference and not config.source.reference:
-        raise ValueError("learner.reference = 'service' with a KL coefficient > 0 needs learner.source.reference (an address)")
-    return PipelineSource(config.source, config.run_dir, needs_reference=needs_reference,
+    return PipelineSource(config.source, config.generators, config.client, config.run_dir,
+                          needs_reference=config.needs_reference_service,
                           dynamic_sampling=config.algo.dapo.dynamic_sampling)

@@ -5,9 +5,19 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 
-from rlfleet.config import ClientConfig, ConfigModel
+from rlfleet.clients.resolve import split_target
+from rlfleet.config import ConfigModel
+
+
+def reject_renamed(data: object, where: str, renamed: dict[str, str]) -> object:
+    """A `mode="before"` validator's body: an old key gets an error naming the key that replaced it."""
+    if isinstance(data, dict):
+        for old, new in renamed.items():
+            if old in data:
+                raise ValueError(f"{where}{old} was replaced by {new}")
+    return data
 
 
 class RewardServiceConfig(ConfigModel):
@@ -19,6 +29,12 @@ class RewardServiceConfig(ConfigModel):
     """Multiplier of this service's total reward in the sample's reward."""
     name: str = ""
     """Label of this service in metrics and logs; defaults to the address."""
+
+    @field_validator("address")
+    @classmethod
+    def _is_target(cls, value: str) -> str:
+        split_target(value)
+        return value
 
 
 class PipelineConfig(ConfigModel):
@@ -33,12 +49,10 @@ class PipelineConfig(ConfigModel):
     """Dataset column passed to rewards as the gold answer (other columns pass through too)."""
     chat_template: bool = True
     """Render prompts with the model's chat template (a user turn plus the generation prompt)."""
-    generators: list[str] = ["127.0.0.1:50051"]
-    """gRPC targets of the generators; `dns:///name:port` reaches every replica behind a DNS name."""
     rewards: list[RewardServiceConfig] = [RewardServiceConfig(address="127.0.0.1:50061")]
     """Reward services scoring every completion."""
     reference: str | None = None
-    """gRPC target of the reference service; unset uses the learner's in-process reference when the KL coefficient > 0."""
+    """gRPC target of the reference service, needed when learner.reference = 'service' and the KL is on."""
     group_size: int = Field(8, ge=1)
     """Completions sampled per prompt (the GRPO group)."""
     prompts_per_batch: int = Field(8, ge=1)
@@ -63,6 +77,8 @@ class PipelineConfig(ConfigModel):
     """Deadline of one Generate call; on expiry its prompts go to another generator."""
     reward_timeout_seconds: float = Field(60.0, gt=0)
     """Deadline of one Score call."""
+    reference_timeout_seconds: float = Field(60.0, gt=0)
+    """Deadline of one reference LogProbs call."""
     version_wait_seconds: float = Field(30.0, gt=0)
     """How long a generator may take to serve the version a request needs; past it, the prompts go elsewhere."""
     retry_backoff_seconds: float = Field(1.0, gt=0)
@@ -71,14 +87,19 @@ class PipelineConfig(ConfigModel):
     """Seed of prompt order and per-request sampling seeds."""
     eval_split_fraction: float = Field(0.0, ge=0, lt=1)
     """Fraction of the dataset held out for evaluation (never trained on)."""
-    client: ClientConfig = ClientConfig(timeout_seconds=300.0)
-    """Deadline, retries and auth of calls to generators, rewards and the reference."""
     dropped_log: Path | None = None
     """JSONL file listing every dropped prompt with its reason; defaults to RUN_DIR/dropped.jsonl."""
 
-    @field_validator("generators")
+    @field_validator("reference")
     @classmethod
-    def _at_least_one(cls, value: list[str]) -> list[str]:
-        if not value:
-            raise ValueError("at least one generator address is needed")
+    def _is_target(cls, value: str | None) -> str | None:
+        if value is not None:
+            split_target(value)
         return value
+
+    @model_validator(mode="before")
+    @classmethod
+    def _renamed(cls, data: object) -> object:
+        return reject_renamed(data, "source.", {
+            "generators": "generators (learner.generators: one list for rollouts and weight pushes)",
+            "client": "client (learner.client: one client config for every call the learner makes)"})

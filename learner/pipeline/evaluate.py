@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
-import asyncio
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from learner.pipeline.config import PipelineConfig
 from learner.pipeline.dataset import PromptRow
-from learner.pipeline.scoring import RewardService, combine
-from rlfleet.client import make_channel
-from rlfleet.rollouts import Group, Sample, finish_reason_from_proto
-from rlfleet.v1 import common_pb2, generator_pb2, generator_pb2_grpc
+from learner.pipeline.scoring import GroupScorer
+from rlfleet.clients import GeneratorClient
+from rlfleet.generation import PromptInput, Sampling
+from rlfleet.rollouts import Group
+
+if TYPE_CHECKING:
+    from learner.config import LearnerConfig
 
 
 @dataclass(frozen=True)
@@ -23,37 +26,38 @@ class EvalResult:
     policy_version: int
 
 
-async def evaluate(rows: list[PromptRow], config: PipelineConfig, batch_size: int = 32) -> EvalResult:
-    """Greedy (temperature 0) completion of every row on the first generator, scored like training rollouts."""
-    rewards = [RewardService(r, config.client, config.reward_timeout_seconds, config.retry_backoff_seconds)
-               for r in config.rewards]
-    totals: list[float] = []
+async def evaluate(rows: list[PromptRow], config: LearnerConfig, batch_size: int = 32) -> EvalResult:
+    """Greedy (temperature 0) completion of every row on the first generator target, scored like training rollouts.
+
+    Prompts reach the generator exactly as in training (`PromptInput.from_dataset`): chat messages as
+    turns, text as a user turn when `source.chat_template` is on.
+    """
+    source = config.source
+    scorer = GroupScorer(source.rewards, config.client, source.reward_timeout_seconds, source.retry_backoff_seconds)
+    groups: list[Group] = []
+    try:
+        async with GeneratorClient(config.generators[0], config.client) as generator:
+            for start in range(0, len(rows), batch_size):
+                groups += await _generate_and_score(generator, scorer, rows[start:start + batch_size], source)
+    finally:
+        await scorer.close()
     components: dict[str, list[float]] = {}
-    versions = set()
-    async with make_channel(config.generators[0], config.client) as channel:
-        stub = generator_pb2_grpc.GeneratorServiceStub(channel)
-        for start in range(0, len(rows), batch_size):
-            chunk = rows[start:start + batch_size]
-            prompts = [generator_pb2.Prompt(prompt_id=r.prompt_id, messages=[
-                common_pb2.ChatMessage(role="user", content=r.prompt)]) if config.chat_template and isinstance(
-                r.prompt, str) else generator_pb2.Prompt(prompt_id=r.prompt_id, text=str(r.prompt)) for r in chunk]
-            request = generator_pb2.GenerateRequest(prompts=prompts, sampling=common_pb2.SamplingParams(
-                n=1, max_tokens=config.max_tokens, temperature=0.0, stop=config.stop))
-            by_id = {r.prompt_id: r for r in chunk}
-            responses = [r async for r in stub.Generate(request, timeout=config.generate_timeout_seconds)]
-            for response in responses:
-                row = by_id[response.prompt_id]
-                versions.add(response.policy_version)
-                c = response.completions[0]
-                group = Group(row.prompt_id, list(response.prompt_ids), [Sample(
-                    list(c.token_ids), list(c.logprobs), finish_reason_from_proto(c.finish_reason), c.text)],
-                    response.policy_version, response.prompt_text, dict(row.columns))
-                scores = [(s, await s.score(group, row.prompt if isinstance(row.prompt, str) else group.prompt_text,
-                                            row.answer)) for s in rewards]
-                combine(group, scores)
-                totals.append(group.samples[0].reward)
-                for name, value in group.samples[0].reward_components.items():
-                    components.setdefault(name, []).append(value)
-    await asyncio.gather(*(s.close() for s in rewards))
-    return EvalResult(sum(totals) / max(len(totals), 1), {k: sum(v) / len(v) for k, v in components.items()},
-                      len(totals), max(versions, default=0))
+    for group in groups:
+        for name, value in group.samples[0].reward_components.items():
+            components.setdefault(name, []).append(value)
+    return EvalResult(sum(g.samples[0].reward for g in groups) / max(len(groups), 1),
+                      {k: sum(v) / len(v) for k, v in components.items()}, len(groups),
+                      max((g.policy_version for g in groups), default=0))
+
+
+async def _generate_and_score(generator: GeneratorClient, scorer: GroupScorer, rows: list[PromptRow],
+                              source: PipelineConfig) -> list[Group]:
+    by_id = {r.prompt_id: r for r in rows}
+    prompts = [PromptInput.from_dataset(r.prompt_id, r.prompt, source.chat_template) for r in rows]
+    sampling = Sampling(n=1, max_tokens=source.max_tokens, temperature=0.0, stop=tuple(source.stop))
+    groups = [g async for g in generator.generate(prompts, sampling, timeout=source.generate_timeout_seconds)]
+    for group in groups:
+        row = by_id[group.prompt_id]
+        group.columns = dict(row.columns)
+        await scorer.score(group, row)
+    return groups

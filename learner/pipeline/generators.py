@@ -10,16 +10,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import socket
 import time
 from dataclasses import dataclass, field
 
-from grpc_health.v1 import health_pb2, health_pb2_grpc
-
 from learner.pipeline import metrics
-from rlfleet.client import make_channel
+from rlfleet.clients import GeneratorClient, expand_target
 from rlfleet.config import ClientConfig
-from rlfleet.v1 import generator_pb2_grpc
 
 log = logging.getLogger(__name__)
 
@@ -29,9 +25,7 @@ class Endpoint:
     """One generator replica and what the pipeline knows about it."""
 
     address: str
-    stub: generator_pb2_grpc.GeneratorServiceStub
-    health: health_pb2_grpc.HealthStub
-    channel: object
+    client: GeneratorClient
     inflight: int = 0
     failures: int = 0
     policy_version: int = -1   # newest version seen from it (responses, GetInfo); -1 = unknown
@@ -53,20 +47,6 @@ class Endpoint:
         if self.inflight == 0 and self._busy_since is not None:
             self.busy_seconds += time.perf_counter() - self._busy_since
             self._busy_since = None
-
-
-def expand_target(target: str) -> list[str]:
-    """Every `host:port` a target stands for: all A/AAAA records of a `dns:///` name, else the target itself."""
-    if not target.startswith("dns:"):
-        return [target]
-    hostport = target.split("///", 1)[-1] if "///" in target else target[4:]
-    host, _, port = hostport.rpartition(":")
-    try:
-        infos = socket.getaddrinfo(host, int(port), type=socket.SOCK_STREAM)
-    except socket.gaierror:
-        return []
-    addresses = sorted({info[4][0] for info in infos})
-    return [f"[{a}]:{port}" if ":" in a else f"{a}:{port}" for a in addresses]
 
 
 class GeneratorPool:
@@ -93,23 +73,16 @@ class GeneratorPool:
         found = [a for t in self.targets for a in await asyncio.to_thread(expand_target, t)]
         for address in found:
             if address not in self.endpoints:
-                channel = make_channel(address, self.client.model_copy(update={"max_attempts": 1}))
-                self.endpoints[address] = Endpoint(address, generator_pb2_grpc.GeneratorServiceStub(channel),
-                                                   health_pb2_grpc.HealthStub(channel), channel)
+                # No retries inside a call: a failed Generate is resubmitted to another generator instead.
+                client = GeneratorClient(address, self.client.model_copy(update={"max_attempts": 1}))
+                self.endpoints[address] = Endpoint(address, client)
                 log.info("generator %s joined", address)
         for address in [a for a in self.endpoints if a not in found]:
             endpoint = self.endpoints.pop(address)
             if endpoint.inflight == 0:
-                await endpoint.channel.close()
+                await endpoint.client.close()
             log.info("generator %s left (no longer resolved)", address)
         metrics.GENERATORS.set(sum(e.up for e in self.endpoints.values()))
-
-    async def _probe(self, endpoint: Endpoint) -> bool:
-        try:
-            reply = await endpoint.health.Check(health_pb2.HealthCheckRequest(), timeout=2.0)
-        except Exception:  # noqa: BLE001 - any failure means "still down"
-            return False
-        return reply.status == health_pb2.HealthCheckResponse.SERVING
 
     async def acquire(self) -> Endpoint:
         """The least-loaded generator that is up (probing benched ones whose back-off has passed); waits while none is."""
@@ -117,7 +90,7 @@ class GeneratorPool:
             await self.refresh()
             candidates = sorted(self.endpoints.values(), key=lambda e: (e.inflight, e.failures))
             for endpoint in candidates:
-                if endpoint.up and (endpoint.failures == 0 or await self._probe(endpoint)):
+                if endpoint.up and (endpoint.failures == 0 or await endpoint.client.serving()):
                     endpoint.failures = 0
                     endpoint.begin()
                     self._waiting_logged = False
@@ -144,4 +117,4 @@ class GeneratorPool:
 
     async def close(self) -> None:
         for endpoint in self.endpoints.values():
-            await endpoint.channel.close()
+            await endpoint.client.close()

@@ -28,11 +28,14 @@ import grpc
 from learner.pipeline import metrics
 from learner.pipeline.config import PipelineConfig
 from learner.pipeline.dataset import Cursor, PromptRow, load_rows
-from learner.pipeline.generators import GeneratorPool
-from learner.pipeline.scoring import ReferenceClient, RewardService, combine
+from learner.pipeline.generators import Endpoint, GeneratorPool
+from learner.pipeline.scoring import GroupScorer
 from learner.sources import RolloutSource
-from rlfleet.rollouts import Batch, Group, RewardStatus, Sample, finish_reason_from_proto
-from rlfleet.v1 import common_pb2, generator_pb2
+from rlfleet.clients import ReferenceClient, Retry
+from rlfleet.config import ClientConfig
+from rlfleet.generation import PromptInput, Sampling
+from rlfleet.outcomes import RewardStatus
+from rlfleet.rollouts import Batch, Group
 
 log = logging.getLogger(__name__)
 
@@ -58,18 +61,17 @@ class PipelineStats:
 class PipelineSource(RolloutSource):
     """A RolloutSource that generates, scores and batches rollouts itself."""
 
-    def __init__(self, config: PipelineConfig, run_dir: Path, needs_reference: bool,
-                 dynamic_sampling: bool = False):
+    def __init__(self, config: PipelineConfig, generators: list[str], client: ClientConfig, run_dir: Path,
+                 needs_reference: bool = False, dynamic_sampling: bool = False):
         self.config = config
         train_rows, self.eval_rows = load_rows(config.dataset, config.prompt_column, config.answer_column,
                                                config.eval_split_fraction, config.seed)
         self.rows_by_id = {row.prompt_id: row for row in train_rows}
         self.cursor = Cursor(train_rows, seed=config.seed)
-        self.pool = GeneratorPool(config.generators, config.client, config.retry_backoff_seconds)
-        self.rewards = [RewardService(r, config.client, config.reward_timeout_seconds, config.retry_backoff_seconds)
-                        for r in config.rewards]
-        self.reference = (ReferenceClient(config.reference, config.client, config.reward_timeout_seconds,
-                                          config.retry_backoff_seconds)
+        self.pool = GeneratorPool(generators, client, config.retry_backoff_seconds)
+        self.scorer = GroupScorer(config.rewards, client, config.reward_timeout_seconds, config.retry_backoff_seconds)
+        self.reference = (ReferenceClient(config.reference, client, config.reference_timeout_seconds,
+                                          Retry.constant(config.retry_backoff_seconds))
                           if needs_reference and config.reference else None)
         self.dynamic_sampling = dynamic_sampling
         self.dropped_log = config.dropped_log or run_dir / "dropped.jsonl"
@@ -136,8 +138,7 @@ class PipelineSource(RolloutSource):
             self._finish(prompt_id, "run_ended")
         self.write_accounting()
         await self.pool.close()
-        for service in self.rewards:
-            await service.close()
+        await self.scorer.close()
         if self.reference is not None:
             await self.reference.close()
 
@@ -205,38 +206,29 @@ class PipelineSource(RolloutSource):
                                         "time": time.time()}) + "\n")
         self._changed.set()
 
-    def _request(self, rows: list[PromptRow]) -> generator_pb2.GenerateRequest:
+    def _sampling(self) -> Sampling:
         self._request_counter += 1
-        prompts = []
-        for row in rows:
-            if isinstance(row.prompt, list):
-                prompts.append(generator_pb2.Prompt(prompt_id=row.prompt_id, messages=[
-                    common_pb2.ChatMessage(role=m["role"], content=m["content"]) for m in row.prompt]))
-            elif self.config.chat_template:
-                prompts.append(generator_pb2.Prompt(prompt_id=row.prompt_id, messages=[
-                    common_pb2.ChatMessage(role="user", content=row.prompt)]))
-            else:
-                prompts.append(generator_pb2.Prompt(prompt_id=row.prompt_id, text=row.prompt))
-        sampling = common_pb2.SamplingParams(
-            n=self.config.group_size, max_tokens=self.config.max_tokens, temperature=self.config.temperature,
-            top_p=self.config.top_p, stop=self.config.stop, seed=self.config.seed * 1_000_003 + self._request_counter)
-        return generator_pb2.GenerateRequest(prompts=prompts, sampling=sampling)
+        c = self.config
+        return Sampling(n=c.group_size, max_tokens=c.max_tokens, temperature=c.temperature, top_p=c.top_p,
+                        stop=tuple(c.stop), seed=c.seed * 1_000_003 + self._request_counter)
 
     async def _generate(self, rows: list[PromptRow]) -> None:
         """One Generate call; prompts it did not return are resubmitted (to another generator)."""
         remaining = {row.prompt_id: row for row in rows}
-        request = self._request(rows)
+        prompts = [PromptInput.from_dataset(row.prompt_id, row.prompt, self.config.chat_template) for row in rows]
+        sampling = self._sampling()
         endpoint = await self.pool.acquire()
         start, failed = time.perf_counter(), False
         self.stats.generate_calls += 1
         try:
             await self._wait_for_version(endpoint, self._version - self.config.max_staleness)
-            stream = endpoint.stub.Generate(request, timeout=self.config.generate_timeout_seconds)
-            async for response in stream:
-                endpoint.policy_version = max(endpoint.policy_version, response.policy_version)
-                row = remaining.pop(response.prompt_id, None)
+            stream = endpoint.client.generate(prompts, sampling, timeout=self.config.generate_timeout_seconds)
+            async for group in stream:
+                endpoint.policy_version = max(endpoint.policy_version, group.policy_version)
+                row = remaining.pop(group.prompt_id, None)
                 if row is not None:
-                    task = asyncio.create_task(self._score(self._group(response, row), row))
+                    group.columns = dict(row.columns)
+                    task = asyncio.create_task(self._score(group, row))
                     self._scoring.add(task)
                     task.add_done_callback(self._scoring.discard)
         except (grpc.aio.AioRpcError, GeneratorLagging) as err:
@@ -257,7 +249,7 @@ class PipelineSource(RolloutSource):
             self._requeue.extendleft(reversed(list(remaining.values())))
             self._changed.set()
 
-    async def _wait_for_version(self, endpoint, needed: int) -> None:
+    async def _wait_for_version(self, endpoint: Endpoint, needed: int) -> None:
         """Waits until `endpoint` serves at least version `needed`, so no rollout is generated only to be stale.
 
         The learner pushes in the background and the pipeline may issue the next batch at once; without
@@ -265,22 +257,13 @@ class PipelineSource(RolloutSource):
         """
         deadline = time.monotonic() + self.config.version_wait_seconds
         while endpoint.policy_version < needed:
-            info = await endpoint.stub.GetInfo(generator_pb2.GetGeneratorInfoRequest(), timeout=5.0)
-            endpoint.policy_version = info.policy_version
+            endpoint.policy_version = (await endpoint.client.info(timeout=5.0)).policy_version
             if endpoint.policy_version >= needed:
                 return
             if time.monotonic() > deadline:
                 raise GeneratorLagging(f"serves policy v{endpoint.policy_version}, needs v{needed} "
                                        f"within {self.config.version_wait_seconds:.0f}s")
             await asyncio.sleep(0.05)
-
-    def _group(self, response: generator_pb2.GenerateResponse, row: PromptRow) -> Group:
-        samples = [Sample(token_ids=list(c.token_ids), logprobs=list(c.logprobs), text=c.text,
-                          finish_reason=finish_reason_from_proto(c.finish_reason, "completions.finish_reason"))
-                   for c in response.completions]
-        return Group(prompt_id=row.prompt_id, prompt_ids=list(response.prompt_ids), samples=samples,
-                     policy_version=response.policy_version, prompt_text=response.prompt_text,
-                     columns=dict(row.columns))
 
     async def _score(self, group: Group, row: PromptRow) -> None:
         try:
@@ -290,9 +273,7 @@ class PipelineSource(RolloutSource):
             self._finish(group.prompt_id, "scoring_failed", repr(err))
 
     async def _score_group(self, group: Group, row: PromptRow) -> None:
-        prompt = row.prompt if isinstance(row.prompt, str) else group.prompt_text
-        per_service = [(s, await s.score(group, prompt, row.answer)) for s in self.rewards]
-        errors = combine(group, per_service)
+        errors = await self.scorer.score(group, row)
         failed = [s for s in group.samples if s.reward_status is not RewardStatus.OK]
         if failed and self.config.reward_failure_policy == "drop_group":
             self._finish(group.prompt_id, "reward_error", "; ".join(errors))

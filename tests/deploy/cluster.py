@@ -86,7 +86,3 @@ def targets_in(value) -> list[str]:
         found.append(value)
     return found
 
-
-def split_target(target: str) -> tuple[str, int]:
-    host, port = target.removeprefix("dns:///").rsplit(":", 1)
-    return host, int(port)

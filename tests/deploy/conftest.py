@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import json
 import subprocess
 import sys
 import threading
@@ -34,9 +33,8 @@ def running_reference(tiny_model_dir):
     after one LogProbs call so that every metric it exports has samples."""
     from reference.config import ReferenceConfig
     from reference.server import start_reference_server
-    from rlfleet.client import make_channel
+    from rlfleet.clients import ReferenceClient
     from rlfleet.config import load_config
-    from rlfleet.v1 import reference_pb2, reference_pb2_grpc
     from tests.deploy.cluster import COMPOSE
 
     config = load_config(ReferenceConfig, [
@@ -48,9 +46,8 @@ def running_reference(tiny_model_dir):
 
     async def start():
         server = await start_reference_server(config)
-        async with make_channel(f"127.0.0.1:{server.port}") as channel:
-            await reference_pb2_grpc.ReferenceServiceStub(channel).LogProbs(reference_pb2.LogProbsRequest(
-                sequences=[reference_pb2.TokenSequence(token_ids=[1, 2, 3, 4], prompt_length=2)]), timeout=60)
+        async with ReferenceClient(f"127.0.0.1:{server.port}", timeout=60) as client:
+            await client.logprobs([([1, 2, 3, 4], 2)])
         started["server"] = server
 
     def run():
@@ -75,10 +72,9 @@ def running_reward(tmp_path_factory):
     """The reward service as compose runs it (`rlfleet reward-server --config cluster.cpu.toml`, the demo
     script), on loopback ports in a subprocess, after one Score call so its labelled metrics have samples."""
     pytest.importorskip("reward_server.config", reason="the reward server is not in this checkout yet")
-    import grpc
-
+    from rlfleet.clients import RewardClient
     from rlfleet.health import check
-    from rlfleet.v1 import reward_pb2, reward_pb2_grpc
+    from rlfleet.outcomes import RewardItem
     from tests.deploy.cluster import COMPOSE, ROOT
 
     grpc_port, metrics_port = free_port(), free_port()
@@ -94,11 +90,11 @@ def running_reward(tmp_path_factory):
         while not check(f"127.0.0.1:{grpc_port}", timeout=1):
             assert process.poll() is None and time.monotonic() < deadline, log_path.read_text()[-2000:]
             time.sleep(0.3)
-        with grpc.insecure_channel(f"127.0.0.1:{grpc_port}") as channel:
-            reply = reward_pb2_grpc.RewardServiceStub(channel).Score(reward_pb2.ScoreRequest(
-                request_id="deploy-test", items=[reward_pb2.RewardItem(
-                    prompt="reverse:abc", completion="cba", columns={"answer": json.dumps("cba")})]), timeout=60)
-        assert reply.results[0].reward == pytest.approx(1.5)  # accuracy 1 x 1.0 + similarity 1 x 0.5
+        async def score():
+            async with RewardClient(f"127.0.0.1:{grpc_port}", timeout=60) as client:
+                return await client.score([RewardItem("reverse:abc", "cba", {"answer": "cba"})])
+
+        assert asyncio.run(score())[0].reward == pytest.approx(1.5)  # accuracy 1 x 1.0 + similarity 1 x 0.5
         yield RunningService(grpc_port, metrics_port)
     finally:
         process.terminate()

@@ -13,6 +13,7 @@ import pytest
 import yaml
 
 from rlfleet.cli import COMMANDS
+from rlfleet.clients.resolve import split_target
 from rlfleet.config import load_config
 from tests.deploy.cluster import (
     COMPOSE,
@@ -24,7 +25,6 @@ from tests.deploy.cluster import (
     config_class,
     host_path,
     rlfleet_services,
-    split_target,
     targets_in,
     translate_args,
 )
@@ -75,7 +75,7 @@ def test_addresses_in_configs_name_compose_services_on_the_grpc_port(path, name)
     compose = _compose(path)
     dump = _resolved_config(path, name).model_dump(mode="json")
     for target in targets_in(dump):
-        host, port = split_target(target)
+        _, host, port = split_target(target)
         assert host in compose["services"], f"{name}: {target} names no service of {path.name}"
         assert port == GRPC_PORT, f"{name}: {target}"
 
@@ -86,7 +86,7 @@ def test_generators_scale_and_are_reached_by_dns_round_robin():
         generator = services["generator"]
         assert "ports" not in generator and "container_name" not in generator  # --scale needs both absent
         learner = _resolved_config(path, "learner")
-        assert learner.source.generators == learner.push.generators == [f"dns:///generator:{GRPC_PORT}"]
+        assert learner.generators == [f"dns:///generator:{GRPC_PORT}"]  # one list: rollouts and pushes
         gen = _resolved_config(path, "generator")
         assert gen.learner_address == f"learner:{GRPC_PORT}"
     gpu = _compose(COMPOSE / "docker-compose.yml")["services"]

@@ -9,6 +9,7 @@ import pytest
 import yaml
 
 from rlfleet.cli import COMMANDS
+from rlfleet.clients.resolve import split_target
 from rlfleet.config import load_config
 from tests.deploy.cluster import (
     COMPOSE,
@@ -17,7 +18,6 @@ from tests.deploy.cluster import (
     METRICS_PORT,
     config_class,
     load_yaml_docs,
-    split_target,
     targets_in,
 )
 
@@ -98,9 +98,9 @@ def test_generators_are_behind_a_headless_service_and_addresses_name_services():
     assert SERVICES["generator"]["spec"]["clusterIP"] == "None"  # DNS answers with every pod
     for name in DEPLOYMENTS:
         for target in targets_in(_config(name).model_dump(mode="json")):
-            host, port = split_target(target)
+            _, host, port = split_target(target)
             assert host in SERVICES and port == GRPC_PORT, (name, target)
-    assert _config("learner").push.generators == [f"dns:///generator:{GRPC_PORT}"]
+    assert _config("learner").generators == [f"dns:///generator:{GRPC_PORT}"]
     assert DEPLOYMENTS["learner"]["spec"]["replicas"] == 1
 
 

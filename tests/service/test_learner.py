@@ -9,18 +9,16 @@ import os
 import urllib.request
 from pathlib import Path
 
-import grpc
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from learner.config import LearnerConfig
 from learner.server import LearnerServer
-from rlfleet.adapters import AdapterAssembler, write_adapter_dir
-from rlfleet.client import make_channel
+from rlfleet.adapters import ReceivedAdapter, receive_adapter, write_adapter_dir
+from rlfleet.clients import LearnerClient, LearnerStatus
 from rlfleet.config import ServerConfig
-from rlfleet.rollouts import batch_to_proto
 from rlfleet.server import GrpcServer
-from rlfleet.v1 import generator_pb2, generator_pb2_grpc, learner_pb2, learner_pb2_grpc
+from rlfleet.v1 import generator_pb2, generator_pb2_grpc
 from tests.conftest import free_port
 from tests.unit.learner.rollout_fixtures import fixed_batch
 
@@ -40,24 +38,18 @@ class AdapterSink(generator_pb2_grpc.GeneratorServiceServicer):
         self.versions: list[int] = []
 
     async def LoadAdapter(self, request_iterator, context):
-        assembler = AdapterAssembler()
-        async for chunk in request_iterator:
-            assembler.add(chunk)
-        payload = assembler.finish()
+        async with receive_adapter(request_iterator, spool_dir=None) as received:
+            payload = received.payload
         write_adapter_dir(payload, self.folder / f"v{payload.policy_version}")
         self.versions.append(payload.policy_version)
         return generator_pb2.LoadAdapterResponse(policy_version=payload.policy_version,
                                                  loaded_versions=self.versions)
 
 
-async def _status(stub) -> learner_pb2.LearnerStatus:
-    return await stub.GetStatus(learner_pb2.GetStatusRequest())
-
-
-async def _wait_for_step(stub, step: int, timeout: float = 120.0) -> learner_pb2.LearnerStatus:
+async def _wait_for_step(learner: LearnerClient, step: int, timeout: float = 120.0) -> LearnerStatus:
     deadline = asyncio.get_running_loop().time() + timeout
     while True:
-        status = await _status(stub)
+        status = await learner.status()
         if status.step >= step or asyncio.get_running_loop().time() > deadline:
             return status
         await asyncio.sleep(0.2)
@@ -75,35 +67,32 @@ def test_push_rollouts_train_and_push_adapters(tiny_model_dir, tmp_path):
             model=tiny_model_dir, run_dir=tmp_path / "run", max_steps=3, micro_batch_tokens=64,
             lora={"r": 4, "target_modules": ["q_proj", "v_proj"]}, deepspeed={"zero_stage": 2},
             source={"type": "push", "max_queued_batches": 2}, checkpoint={"every_steps": 1},
-            push={"generators": [f"127.0.0.1:{sink_port}", dead], "timeout_seconds": 5},
+            generators=[f"127.0.0.1:{sink_port}", dead], push={"timeout_seconds": 5},
             server={"host": "127.0.0.1", "port": 0, "metrics_port": 0}, client={"max_attempts": 1}))
         server = LearnerServer(config)
         port = await server.start()
         training = asyncio.ensure_future(server.run())
-        async with make_channel(f"127.0.0.1:{port}") as channel:
-            stub = learner_pb2_grpc.LearnerServiceStub(channel)
-            with pytest.raises(grpc.aio.AioRpcError) as before:
-                async for _ in stub.GetPolicy(learner_pb2.GetPolicyRequest()):
-                    pass
-            batches = [batch_to_proto(fixed_batch(f"b{i}", seed=i)) for i in range(2)]
-            first = await stub.PushRollouts(iter([batches[0], batches[0], batches[1]]))
-            status = await _wait_for_step(stub, 2)
-            chunks = [c async for c in stub.GetPolicy(learner_pb2.GetPolicyRequest(newer_than=1))]
-            await stub.PushRollouts(iter([batch_to_proto(fixed_batch("b2", seed=2, policy_version=1))]))
+        async def keep(received: ReceivedAdapter):
+            return received.payload
+
+        async with LearnerClient(f"127.0.0.1:{port}") as learner:
+            before = await learner.pull_policy(keep)
+            batches = [fixed_batch(f"b{i}", seed=i) for i in range(2)]
+            first = await learner.push_rollouts([batches[0], batches[0], batches[1]])
+            status = await _wait_for_step(learner, 2)
+            pulled = await learner.pull_policy(keep, newer_than=1)
+            await learner.push_rollouts([fixed_batch("b2", seed=2, policy_version=1)])
             code = await training
             metrics_text = await asyncio.to_thread(lambda: urllib.request.urlopen(
                 f"http://127.0.0.1:{server.grpc.metrics_port}/metrics", timeout=5).read().decode())
         await sink_server.stop(0)
-        return before.value.code(), first, status, chunks, code, sink.versions, metrics_text, server.loop.status
+        return before, first, status, pulled, code, sink.versions, metrics_text, server.loop.status
 
-    before, first, status, chunks, code, versions, metrics_text, final = asyncio.run(run())
-    assert before == grpc.StatusCode.NOT_FOUND  # no adapter before the first step
+    before, first, status, pulled, code, versions, metrics_text, final = asyncio.run(run())
+    assert before is None  # NOT_FOUND: no adapter before the first step
     assert (first.accepted_batches, first.duplicate_batches) == (2, 1)
     assert status.step >= 2 and status.policy_version >= 2
-    assembler = AdapterAssembler()
-    for chunk in chunks:
-        assembler.add(chunk)
-    assert assembler.finish().policy_version >= 2
+    assert pulled.policy_version >= 2
     assert code == 0 and final.state == "finished" and final.step == 3
     assert versions == [1, 2, 3]  # every version reached the live generator, in order, despite the dead one
     assert status.generator_versions[list(status.generator_versions)[0]] >= 1

@@ -15,10 +15,9 @@ import pytest
 from launcher.cluster import own_job_environ
 from learner.config import LearnerConfig
 from learner.server import LearnerServer
-from rlfleet.client import make_channel
+from rlfleet.clients import GeneratorClient, LearnerClient
+from rlfleet.generation import PromptInput, Sampling
 from rlfleet.health import check
-from rlfleet.rollouts import batch_to_proto
-from rlfleet.v1 import common_pb2, generator_pb2, generator_pb2_grpc, learner_pb2_grpc
 from tests.conftest import free_port
 from tests.unit.learner.rollout_fixtures import fixed_batch
 
@@ -60,28 +59,25 @@ def test_trained_adapters_are_served_by_a_running_vllm_generator(tiny_model_dir,
         config = LearnerConfig.model_validate(dict(
             model=tiny_model_dir, run_dir=tmp_path / "run", max_steps=2, micro_batch_tokens=256,
             lora={"r": 4, "alpha": 16, "target_modules": ["q_proj", "v_proj"]}, deepspeed={"lr": 5e-2},
-            source={"type": "push"}, push={"generators": [target], "timeout_seconds": 120},
+            source={"type": "push"}, generators=[target], push={"timeout_seconds": 120},
             server={"host": "127.0.0.1", "port": 0}))
         server = LearnerServer(config)
         port = await server.start()  # builds the DeepSpeed engine while vLLM starts
         await asyncio.to_thread(_wait_serving, target, proc, log)
         training = asyncio.ensure_future(server.run())
-        async with make_channel(f"127.0.0.1:{port}") as channel:
-            await learner_pb2_grpc.LearnerServiceStub(channel).PushRollouts(
-                iter([batch_to_proto(fixed_batch(f"b{i}", seed=i)) for i in range(2)]))
+        async with LearnerClient(f"127.0.0.1:{port}") as learner:
+            await learner.push_rollouts([fixed_batch(f"b{i}", seed=i) for i in range(2)])
             assert await training == 0
         acked = dict(server.pusher.acked)
-        async with make_channel(target) as channel:
-            stub = generator_pb2_grpc.GeneratorServiceStub(channel)
-            info = await stub.GetInfo(generator_pb2.GetGeneratorInfoRequest())
-            request = generator_pb2.GenerateRequest(
-                prompts=[generator_pb2.Prompt(prompt_id="p", token_ids=[65, 66, 67])],
-                sampling=common_pb2.SamplingParams(n=2, max_tokens=4, temperature=1.0, seed=0), policy_version=2)
-            replies = [r async for r in stub.Generate(request)]
-        return acked, info, replies
+        async with GeneratorClient(target) as generator:
+            info = await generator.info()
+            groups = [g async for g in generator.generate([PromptInput("p", token_ids=(65, 66, 67))],
+                                                          Sampling(n=2, max_tokens=4, temperature=1.0, seed=0),
+                                                          policy_version=2)]
+        return acked, info, groups
 
     try:
-        acked, info, replies = asyncio.run(run())
+        acked, info, groups = asyncio.run(run())
     finally:
         proc.send_signal(signal.SIGTERM)
         try:
@@ -90,6 +86,6 @@ def test_trained_adapters_are_served_by_a_running_vllm_generator(tiny_model_dir,
             proc.kill()
             proc.wait()
     assert acked == {target: 2}
-    assert info.policy_version == 2 and list(info.loaded_versions) == [1, 2]
-    assert replies[0].policy_version == 2 and len(replies[0].completions) == 2
-    assert all(len(c.token_ids) >= 1 for c in replies[0].completions)
+    assert info.policy_version == 2 and info.loaded_versions == [1, 2]
+    assert groups[0].policy_version == 2 and len(groups[0].samples) == 2
+    assert all(len(s.token_ids) >= 1 for s in groups[0].samples)

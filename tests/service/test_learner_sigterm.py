@@ -15,9 +15,7 @@ import grpc
 import pytest
 
 from launcher.cluster import own_job_environ
-from rlfleet.client import make_channel
-from rlfleet.rollouts import batch_to_proto
-from rlfleet.v1 import learner_pb2, learner_pb2_grpc
+from rlfleet.clients import LearnerClient
 from tests.conftest import free_port
 from tests.unit.learner.rollout_fixtures import fixed_batch
 
@@ -25,13 +23,13 @@ pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parents[2]
 
 
-async def _until(stub, predicate, proc: subprocess.Popen, log: Path, limit: float = 240.0):
+async def _until(learner: LearnerClient, predicate, proc: subprocess.Popen, log: Path, limit: float = 240.0):
     deadline = time.monotonic() + limit
     while time.monotonic() < deadline:
         if proc.poll() is not None:
             raise RuntimeError(f"learner exited with {proc.returncode}:\n{log.read_text()[-4000:]}")
         try:
-            status = await stub.GetStatus(learner_pb2.GetStatusRequest(), timeout=2)
+            status = await learner.status(timeout=2)
             if predicate(status):
                 return status
         except grpc.aio.AioRpcError:
@@ -56,11 +54,10 @@ def test_sigterm_checkpoints_and_exits_cleanly(tiny_model_dir, tmp_path):
         proc = subprocess.Popen(args, stdout=out, stderr=subprocess.STDOUT, env=env, cwd=ROOT)
 
     async def drive():
-        async with make_channel(f"127.0.0.1:{port}") as channel:
-            stub = learner_pb2_grpc.LearnerServiceStub(channel)
-            await _until(stub, lambda s: s.state == "waiting_for_rollouts", proc, log)
-            await stub.PushRollouts(iter([batch_to_proto(fixed_batch("b0"))]))
-            return await _until(stub, lambda s: s.step == 1 and s.state == "waiting_for_rollouts", proc, log)
+        async with LearnerClient(f"127.0.0.1:{port}") as learner:
+            await _until(learner, lambda s: s.state == "waiting_for_rollouts", proc, log)
+            await learner.push_rollouts([fixed_batch("b0")])
+            return await _until(learner, lambda s: s.step == 1 and s.state == "waiting_for_rollouts", proc, log)
 
     try:
         status = asyncio.run(drive())

@@ -1,8 +1,10 @@
 """Rollout pipeline over real gRPC: resubmission when a generator dies mid-call, pause while rewards are down, staleness, accounting.
 
-The reward service is the real one (the built-in task's script in worker processes). The
-generators are scripted stand-ins for *another* service: they answer instantly with chosen
-completions and can die mid-stream, which a vLLM engine cannot be made to do on cue.
+Also held-out evaluation of a chat-format dataset, which must send the messages as turns (it once
+sent the repr of the message list as text). The reward service is the real one (the built-in
+task's script in worker processes). The generators are scripted stand-ins for *another* service:
+they answer instantly with chosen completions, record what they were sent, and can die
+mid-stream, which a vLLM engine cannot be made to do on cue.
 """
 
 from __future__ import annotations
@@ -14,7 +16,10 @@ import logging
 import grpc
 import pytest
 
+from learner.config import LearnerConfig
 from learner.pipeline.config import PipelineConfig, RewardServiceConfig
+from learner.pipeline.dataset import PromptRow
+from learner.pipeline.evaluate import evaluate
 from learner.pipeline.source import PipelineSource
 from reward_server.config import RewardConfig
 from reward_server.core import RewardCore
@@ -33,22 +38,26 @@ class ScriptedGenerator(generator_pb2_grpc.GeneratorServiceServicer):
         self.die_after_groups = die_after_groups
         self.policy_version = 0
         self.calls = 0
+        self.prompts: list[generator_pb2.Prompt] = []   # every prompt received, as sent
 
     async def GetInfo(self, request, context):
         return generator_pb2.GeneratorInfo(policy_version=self.policy_version)
 
     async def Generate(self, request, context):
         self.calls += 1
+        self.prompts += request.prompts
         for i, prompt in enumerate(request.prompts):
             if self.die_after_groups is not None and i >= self.die_after_groups:
                 self.die_after_groups = None  # dies once, then serves normally
                 await context.abort(grpc.StatusCode.UNAVAILABLE, "scripted crash")
-            word = prompt.messages[0].content.split(":", 1)[1]
+            if not prompt.messages:
+                await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"prompts[{i}]: no messages ({prompt.text!r})")
+            word = prompt.messages[-1].content.split(":", 1)[1]
             texts = [word[::-1]] + [word] * (request.sampling.n - 1)
             completions = [common_pb2.Completion(token_ids=[ord(c) for c in t] + [2], logprobs=[-0.5] * (len(t) + 1),
                                                  finish_reason=common_pb2.FINISH_REASON_STOP, text=t) for t in texts]
             yield generator_pb2.GenerateResponse(prompt_index=i, prompt_id=prompt.prompt_id, prompt_ids=[1, 2, 3],
-                                                 prompt_text=prompt.messages[0].content, completions=completions,
+                                                 prompt_text=prompt.messages[-1].content, completions=completions,
                                                  policy_version=self.policy_version)
 
 
@@ -68,10 +77,10 @@ def _reward_core() -> RewardCore:
 
 def _pipeline(tmp_path, generators: list[str], reward_port: int, **overrides) -> PipelineSource:
     config = PipelineConfig(
-        dataset="builtin:reverse", generators=generators, group_size=4, prompts_per_batch=4, prompts_per_request=2,
-        max_inflight_requests=2, rewards=[RewardServiceConfig(address=f"127.0.0.1:{reward_port}", name="task")],
-        retry_backoff_seconds=0.2, client=ClientConfig(timeout_seconds=10, max_attempts=1), **overrides)
-    return PipelineSource(config, tmp_path, needs_reference=False)
+        dataset="builtin:reverse", group_size=4, prompts_per_batch=4, prompts_per_request=2, max_inflight_requests=2,
+        rewards=[RewardServiceConfig(address=f"127.0.0.1:{reward_port}", name="task")], retry_backoff_seconds=0.2,
+        **overrides)
+    return PipelineSource(config, generators, ClientConfig(timeout_seconds=10, max_attempts=1), tmp_path)
 
 
 def test_generator_death_resubmits_and_every_prompt_is_accounted(tmp_path):
@@ -144,7 +153,7 @@ def test_on_policy_waits_for_the_generator_to_serve_the_update(tmp_path):
 
 
 def test_reward_service_down_pauses_then_resumes(tmp_path, caplog):
-    caplog.set_level(logging.INFO, logger="learner.pipeline.scoring")
+    caplog.set_level(logging.INFO, logger="rlfleet.clients.retry")
     core = _reward_core()
     reward_port = free_port()
 
@@ -168,4 +177,37 @@ def test_reward_service_down_pauses_then_resumes(tmp_path, caplog):
     finally:
         core.close()
     assert paused and len(batch.groups) == 4
-    assert "pipeline paused until it answers" in caplog.text and "pipeline resumed" in caplog.text
+    assert "reward service task is unavailable (UNAVAILABLE" in caplog.text and "answered again after" in caplog.text
+
+
+def test_heldout_evaluation_of_a_chat_dataset_sends_the_messages(tmp_path):
+    core = _reward_core()
+    chat = [{"role": "system", "content": "answer with the letters only"}, {"role": "user", "content": "reverse:abc"}]
+    rows = [PromptRow("chat-0", chat, "cba", {"answer": "cba"}),
+            PromptRow("text-1", "reverse:xyz", "zyx", {"answer": "zyx"})]
+
+    async def run():
+        reward = await start_server(ServerConfig(host="127.0.0.1", port=0), core)
+        generator = ScriptedGenerator()
+        server = await _generator(generator)
+        config = LearnerConfig(
+            model="unused", generators=[f"127.0.0.1:{server.port}"], client=ClientConfig(timeout_seconds=10),
+            source=PipelineConfig(rewards=[RewardServiceConfig(address=f"127.0.0.1:{reward.port}", name="task")]))
+        result = await evaluate(rows, config)
+        await server.stop(0)
+        await reward.stop(0)
+        return result, generator.prompts
+
+    try:
+        result, sent = asyncio.run(run())
+    finally:
+        core.close()
+    by_id = {p.prompt_id: p for p in sent}
+    # the chat row goes as its two turns, never as the text of its Python repr
+    assert [(m.role, m.content) for m in by_id["chat-0"].messages] == [(m["role"], m["content"]) for m in chat]
+    assert by_id["chat-0"].text == ""
+    # a text row is one user turn (chat_template is on by default), as in training
+    assert [(m.role, m.content) for m in by_id["text-1"].messages] == [("user", "reverse:xyz")]
+    # greedy (n = 1) takes the stand-in's first, correct completion: accuracy 1 + 0.5 * similarity 1 = 1.5 each
+    assert result.rows == 2 and result.mean_reward == pytest.approx(1.5)
+    assert result.components == {"accuracy": 1.0, "similarity": 1.0}

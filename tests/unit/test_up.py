@@ -39,8 +39,7 @@ def test_cluster_tables_parse_with_each_service_config(tmp_path):
     assert reward.reward == ["acc:1"] and reward.script == tmp_path / "r.py"
     assert reference.model == "models/x"
     assert learner.reference == "service" and learner.algo.kl.coef == 0.01
-    assert learner.source.generators == ["127.0.0.1:50100", "127.0.0.1:50101", "127.0.0.1:50102"]
-    assert learner.push.generators == learner.source.generators
+    assert learner.generators == ["127.0.0.1:50100", "127.0.0.1:50101", "127.0.0.1:50102"]  # rollouts and pushes
     assert learner.source.reference == "127.0.0.1:50130" and learner.source.max_staleness == 2
 
 

@@ -1,4 +1,7 @@
-"""Push targets and adapter serialisation (no network): DNS fan-out and the safetensors payload."""
+"""Adapter serialisation and the concurrent push over loopback gRPC: catch-up to the newest version, dead generators.
+
+DNS fan-out of push targets is the clients' resolver: tests/unit/test_clients.py.
+"""
 
 from __future__ import annotations
 
@@ -9,21 +12,12 @@ import safetensors.torch
 import torch
 
 from learner.config import PushSettings
-from learner.push import AdapterPusher, resolve_targets, serialise_adapter
+from learner.push import AdapterPusher, serialise_adapter
 from rlfleet.adapters import AdapterAssembler
 from rlfleet.config import ClientConfig, ServerConfig
 from rlfleet.server import GrpcServer
 from rlfleet.v1 import generator_pb2, generator_pb2_grpc
 from tests.conftest import free_port
-
-
-def test_dns_target_expands_to_every_address_and_others_pass_through():
-    targets = resolve_targets(["dns:///localhost:50051", "10.0.0.7:50051", "dns:///no-such-host.invalid:1"])
-    assert "10.0.0.7:50051" in targets
-    local = [t for t in targets if t != "10.0.0.7:50051"]
-    assert local and all(t.endswith(":50051") for t in local)  # 127.0.0.1 and/or [::1], each separately
-    assert all(t in ("127.0.0.1:50051", "[::1]:50051") for t in local)
-    assert len(targets) == len(set(targets))  # an unresolvable name is skipped, not fatal
 
 
 def test_serialised_adapter_round_trips_tensors_and_config():
@@ -63,7 +57,7 @@ def test_a_busy_generator_skips_to_the_newest_version_and_a_dead_one_blocks_noth
         generator_pb2_grpc.add_GeneratorServiceServicer_to_server(sink, server.grpc)
         port = await server.start(["rlfleet.v1.GeneratorService"])
         live, dead = f"127.0.0.1:{port}", f"127.0.0.1:{free_port()}"
-        pusher = AdapterPusher(PushSettings(generators=[live, dead], timeout_seconds=5), ClientConfig(max_attempts=1))
+        pusher = AdapterPusher([live, dead], PushSettings(timeout_seconds=5), ClientConfig(max_attempts=1))
         first = asyncio.ensure_future(pusher.push(_payload(1)))
         await asyncio.sleep(0.1)  # v1 is in flight to the live sink
         await pusher.push(_payload(2))  # live is busy: deferred; dead fails at once

@@ -1,0 +1,86 @@
+"""RewardClient: Score and ListRewards of one reward service, in domain types (RewardItem in, ItemScore out).
+
+    async with RewardClient("127.0.0.1:50061", ClientConfig(), timeout=60, retry=Retry.constant(1.0)) as reward:
+        scores = await reward.score([RewardItem(prompt, completion, {"answer": "4"})])
+
+Every Score call carries a fresh request id that its retries reuse, so a retry after a lost answer
+is not scored twice by the service. With a retry policy that never gives up, a service that is
+down pauses the caller until it answers again: an item is never given a made-up score.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+from rlfleet.clients.channel import make_channel
+from rlfleet.clients.retry import Retry, call_with_retry
+from rlfleet.config import ClientConfig
+from rlfleet.outcomes import ItemScore, RewardItem, finish_reason_to_proto, reward_status_from_proto
+from rlfleet.v1 import common_pb2, reward_pb2, reward_pb2_grpc
+
+
+@dataclass(frozen=True)
+class RewardInfo:
+    """One reward function a service runs, as ListRewards describes it."""
+
+    name: str
+    weight: float
+    kind: str
+    description: str = ""
+
+
+def item_to_proto(item: RewardItem) -> reward_pb2.RewardItem:
+    """Columns go JSON-encoded (the gold answer is the `answer` column, as the service passes it on)."""
+    finish = (finish_reason_to_proto(item.finish_reason) if item.finish_reason is not None
+              else common_pb2.FINISH_REASON_UNSPECIFIED)
+    return reward_pb2.RewardItem(prompt=item.prompt, completion=item.completion,
+                                 columns={k: json.dumps(v) for k, v in item.columns.items()},
+                                 completion_tokens=item.completion_tokens, finish_reason=finish)
+
+
+def scores_from_proto(reply: reward_pb2.ScoreResponse, expected: int) -> list[ItemScore]:
+    if len(reply.results) != expected:
+        raise ValueError(f"results: the reward service answered {len(reply.results)} results for {expected} items")
+    return [ItemScore(r.reward, dict(r.components), reward_status_from_proto(r.status, f"results[{i}].status"),
+                      r.error) for i, r in enumerate(reply.results)]
+
+
+class RewardClient:
+    """One reward service; `script_version` is the version its last answer reported."""
+
+    def __init__(self, target: str, config: ClientConfig | None = None, timeout: float | None = None,
+                 retry: Retry | None = None, name: str = ""):
+        self.target = target
+        self.name = name or target
+        self.config = config or ClientConfig()
+        self.timeout = timeout or self.config.timeout_seconds
+        """Deadline of one Score attempt, in seconds."""
+        self.retry = retry
+        self.script_version = ""
+        self._channel = make_channel(target, self.config)
+        self._stub = reward_pb2_grpc.RewardServiceStub(self._channel)
+
+    async def score(self, items: Sequence[RewardItem], on_retry: Callable[[], None] | None = None) -> list[ItemScore]:
+        """One ItemScore per item, in order (check each status: a failed item scores 0.0)."""
+        request = reward_pb2.ScoreRequest(request_id=uuid.uuid4().hex, items=[item_to_proto(i) for i in items])
+        reply = await call_with_retry(lambda timeout: self._stub.Score(request, timeout=timeout),
+                                      f"reward service {self.name}", self.timeout, self.retry, on_retry)
+        self.script_version = reply.script_version
+        return scores_from_proto(reply, len(items))
+
+    async def list_rewards(self, timeout: float | None = None) -> list[RewardInfo]:
+        reply = await self._stub.ListRewards(reward_pb2.ListRewardsRequest(), timeout=timeout or self.timeout)
+        self.script_version = reply.script_version
+        return [RewardInfo(r.name, r.weight, r.kind, r.description) for r in reply.rewards]
+
+    async def close(self) -> None:
+        await self._channel.close()
+
+    async def __aenter__(self) -> RewardClient:
+        return self
+
+    async def __aexit__(self, *exc) -> None:
+        await self.close()
