@@ -66,18 +66,14 @@ def bench_core(model, seqs, budget: int, repeats: int) -> float:
 async def bench_grpc(model, path: str, seqs, budget: int) -> float:
     from reference.config import ReferenceConfig
     from reference.server import start_reference_server
-    from rlfleet.client import make_channel
+    from rlfleet.clients import ReferenceClient
     from rlfleet.config import ServerConfig
-    from rlfleet.v1 import reference_pb2, reference_pb2_grpc
 
     config = ReferenceConfig(model=path, max_batch_tokens=budget, server=ServerConfig(host="127.0.0.1", port=0))
     server = await start_reference_server(config, model)
-    request = reference_pb2.LogProbsRequest(sequences=[
-        reference_pb2.TokenSequence(token_ids=s.token_ids, prompt_length=s.prompt_length) for s in seqs])
-    async with make_channel(f"127.0.0.1:{server.port}") as channel:
-        stub = reference_pb2_grpc.ReferenceServiceStub(channel)
+    async with ReferenceClient(f"127.0.0.1:{server.port}", timeout=3600) as client:
         start = time.perf_counter()
-        await stub.LogProbs(request, timeout=3600)
+        await client.logprobs([(s.token_ids, s.prompt_length) for s in seqs])  # request built inside: timed too
         elapsed = time.perf_counter() - start
     await server.stop(0)
     return sum(len(s.token_ids) for s in seqs) / elapsed

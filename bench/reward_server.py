@@ -73,32 +73,29 @@ def in_process(name: str, items: list[tuple[str, str, str]], passes: int = 5) ->
 
 
 async def through_grpc(port: int, server_pid: int, name: str, calls: int, batch: int) -> dict:
-    from rlfleet.client import make_channel
-    from rlfleet.v1 import reward_pb2, reward_pb2_grpc
+    from rlfleet.clients import RewardClient
+    from rlfleet.outcomes import RewardItem
 
-    def request(n: int, tag: str) -> reward_pb2.ScoreRequest:
-        return reward_pb2.ScoreRequest(request_id=tag, items=[
-            reward_pb2.RewardItem(prompt=p, completion=c, reference=a) for p, c, a in _items(n)])
+    def items(n: int) -> list[RewardItem]:
+        return [RewardItem(p, c, {"answer": a}) for p, c, a in _items(n)]  # the learner's pipeline sends this
 
-    async with make_channel(f"127.0.0.1:{port}") as channel:
-        stub = reward_pb2_grpc.RewardServiceStub(channel)
-        for i in range(5):  # warm up: connection, worker imports
-            await stub.Score(request(batch, f"{name}-warm-{i}"))
+    async with RewardClient(f"127.0.0.1:{port}") as client:
+        for _ in range(5):  # warm up: connection, worker imports
+            await client.score(items(batch))
         wall, cpu = time.perf_counter(), tree_cpu_seconds(server_pid)
         done = 0
-        for i in range(calls):
-            reply = await stub.Score(request(batch, f"{name}-b-{i}"))
-            done += len(reply.results)
+        for _ in range(calls):
+            done += len(await client.score(items(batch)))
         wall, cpu = time.perf_counter() - wall, tree_cpu_seconds(server_pid) - cpu
         # The floor: CPU the server spends on one RPC that does nothing (ListRewards), i.e. gRPC itself.
         cpu_floor = tree_cpu_seconds(server_pid)
         for _ in range(calls):
-            await stub.ListRewards(reward_pb2.ListRewardsRequest())
+            await client.list_rewards()
         cpu_floor = (tree_cpu_seconds(server_pid) - cpu_floor) / calls
         latencies = []
-        for i in range(calls):
+        for _ in range(calls):
             start = time.perf_counter()
-            await stub.Score(request(8, f"{name}-g-{i}"))
+            await client.score(items(8))
             latencies.append(time.perf_counter() - start)
     q = statistics.quantiles(latencies, n=100)
     return {"items_per_s": done / wall, "items_per_cpu_s": done / max(cpu, 1e-9),

@@ -51,11 +51,11 @@ import grpc
 from grpc import aio
 
 from launcher.tiny_model import TinyModelSpec, build_tiny_model
-from rlfleet.adapters import AdapterPayload, base_model_id, decode_chunk, encode_chunks, load_adapter_method
-from rlfleet.client import make_channel
+from rlfleet.adapters import DEFAULT_CHUNK_BYTES, AdapterPayload, base_model_id, decode_chunk, encode_chunks
+from rlfleet.clients import GeneratorClient
 from rlfleet.config import ClientConfig
+from rlfleet.generation import PromptInput, Sampling
 from rlfleet.server import channel_options
-from rlfleet.v1 import common_pb2, generator_pb2, generator_pb2_grpc
 
 SINK_METHOD = "/bench.Sink/Push"
 # rank per target size (MiB) on the bench model below: 0.625 MiB of float32 LoRA weights per unit of rank
@@ -116,15 +116,14 @@ async def _run_sink(port: int) -> None:
 
 # -- measuring -----------------------------------------------------------------------------------
 
-async def _push_generator(load_adapter, stub, payload: AdapterPayload) -> tuple[float, float, float]:
+async def _push_generator(generator: GeneratorClient, payload: AdapterPayload) -> tuple[float, float, float]:
     start = time.perf_counter()
-    response = await load_adapter(encode_chunks(payload))
+    response = await generator.load_adapter(payload, DEFAULT_CHUNK_BYTES)
     wall = time.perf_counter() - start
     # vLLM copies an adapter into its batch slots when a request first uses it: one token on the
     # new version shows what that adds on top of LoadAdapter.
-    first = generator_pb2.GenerateRequest(prompts=[generator_pb2.Prompt(token_ids=[65, 66])],
-                                          sampling=common_pb2.SamplingParams(max_tokens=1))
-    groups = [g async for g in stub.Generate(first)]
+    groups = [g async for g in generator.generate([PromptInput("first", token_ids=(65, 66))],
+                                                  Sampling(max_tokens=1, temperature=0.0))]
     first_token = time.perf_counter() - start
     assert response.policy_version == payload.policy_version == groups[0].policy_version, response
     return wall, response.load_seconds, first_token
@@ -147,15 +146,14 @@ async def _measure(gen_target: str, sink_target: str, payloads: list[AdapterPayl
     """
     options = ClientConfig(timeout_seconds=600, max_message_bytes=MAX_MESSAGE)
     times: dict[str, list[float]] = {"push": [], "load": [], "first": [], "raw": [], "cold": []}
-    async with make_channel(gen_target, options) as gen, aio.insecure_channel(
+    async with GeneratorClient(gen_target, options) as generator, aio.insecure_channel(
             sink_target, options=channel_options(MAX_MESSAGE)) as sink:
-        stub, load_adapter = generator_pb2_grpc.GeneratorServiceStub(gen), load_adapter_method(gen)
         push = sink.stream_unary(SINK_METHOD)
         for i, payload in enumerate(payloads):
             # Both pushes start after the generator has been idle for `settle` s (the sink shares the cores).
             await asyncio.sleep(settle)
             raw = await _push_raw(push, payload)
-            wall, load, first = await _push_generator(load_adapter, stub, payload)
+            wall, load, first = await _push_generator(generator, payload)
             if i < warmup:
                 times["cold"].append(wall)
                 continue

@@ -24,9 +24,12 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from prometheus_client.parser import text_string_to_metric_families
 
 from rlfleet.adapters import AdapterPayload, adapter_from_dir, base_model_id, to_chunks, write_adapter_dir
-from rlfleet.client import make_channel
+from rlfleet.clients import GeneratorClient, make_channel
 from rlfleet.config import ClientConfig
-from rlfleet.v1 import common_pb2, generator_pb2, generator_pb2_grpc, learner_pb2_grpc
+from rlfleet.generation import GeneratorInfo, LoadResult, PromptInput, Sampling
+from rlfleet.outcomes import FinishReason
+from rlfleet.rollouts import Group
+from rlfleet.v1 import generator_pb2_grpc, learner_pb2_grpc
 from tests.conftest import free_port
 
 pytestmark = pytest.mark.slow
@@ -75,7 +78,7 @@ class Running:
     learner: FakeLearner
     seen_not_serving: bool
     learner_calls_at_serving: int
-    first_info: generator_pb2.GeneratorInfo
+    first_info: GeneratorInfo
     served: Path
     """The generator's --adapter-dir."""
 
@@ -144,19 +147,18 @@ def gen(tiny_model_dir, tmp_path_factory):
         learner_server.stop(0)
 
 
-async def _info(target: str) -> generator_pb2.GeneratorInfo:
-    async with make_channel(target) as channel:
-        return await generator_pb2_grpc.GeneratorServiceStub(channel).GetInfo(generator_pb2.GetGeneratorInfoRequest())
+async def _info(target: str) -> GeneratorInfo:
+    async with GeneratorClient(target) as client:
+        return await client.info()
 
 
-async def _generate(stub, prompts, version: int | None = None, **sampling) -> list[generator_pb2.GenerateResponse]:
-    request = generator_pb2.GenerateRequest(prompts=prompts, sampling=common_pb2.SamplingParams(**sampling),
-                                            policy_version=version)
-    return [r async for r in stub.Generate(request)]
+async def _generate(client: GeneratorClient, prompts: list[PromptInput], version: int | None = None,
+                    **sampling) -> list[Group]:
+    return [g async for g in client.generate(prompts, Sampling(**sampling), policy_version=version)]
 
 
-async def _push(stub, payload: AdapterPayload, version: int) -> generator_pb2.LoadAdapterResponse:
-    return await stub.LoadAdapter(to_chunks(dataclasses.replace(payload, policy_version=version), chunk_bytes=32 * 1024))
+async def _push(client: GeneratorClient, payload: AdapterPayload, version: int) -> LoadResult:
+    return await client.load_adapter(dataclasses.replace(payload, policy_version=version), chunk_bytes=32 * 1024)
 
 
 def _run(target: str, body, config: ClientConfig | None = None):
@@ -164,13 +166,13 @@ def _run(target: str, body, config: ClientConfig | None = None):
     config = config or ClientConfig(timeout_seconds=180)
 
     async def main():
-        async with make_channel(target, config) as channel:
-            return await body(generator_pb2_grpc.GeneratorServiceStub(channel))
+        async with GeneratorClient(target, config) as client:
+            return await body(client)
     return asyncio.run(main())
 
 
-def _prompt(pid: str, ids=(65, 66, 67, 68)) -> generator_pb2.Prompt:
-    return generator_pb2.Prompt(prompt_id=pid, token_ids=list(ids))
+def _prompt(pid: str, ids=(65, 66, 67, 68)) -> PromptInput:
+    return PromptInput(pid, token_ids=tuple(ids))
 
 
 def _metrics(port: int) -> dict[tuple[str, tuple], float]:
@@ -183,7 +185,7 @@ def test_late_generator_pulls_current_adapter_before_serving(gen):
     assert gen.seen_not_serving  # health was NOT_SERVING while it loaded
     assert gen.learner_calls_at_serving == 1  # ... and GetPolicy had been answered by then
     assert gen.first_info.policy_version == 1
-    assert list(gen.first_info.loaded_versions) == [1]
+    assert gen.first_info.loaded_versions == [1]
     assert gen.first_info.engine == "vllm"
     assert gen.first_info.base_model_id == gen.base_id
     assert gen.first_info.max_model_len == MAX_MODEL_LEN and gen.first_info.vocab_size == 262
@@ -202,18 +204,17 @@ def test_groups_of_n_with_logprobs_matching_transformers(gen, tmp_path):
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
 
-    prompts = [_prompt("ids"), generator_pb2.Prompt(prompt_id="text", text="hello"),
-               generator_pb2.Prompt(prompt_id="chat", messages=[common_pb2.ChatMessage(role="user", content="hi")])]
+    prompts = [_prompt("ids"), PromptInput("text", text="hello"), PromptInput("chat", messages=(("user", "hi"),))]
 
-    async def body(stub):
-        base = await _generate(stub, prompts, version=0, n=3, max_tokens=12, temperature=1.0, seed=3)
-        adapted = await _generate(stub, prompts[:1], version=1, n=2, max_tokens=12, temperature=0.7, seed=3)
+    async def body(client):
+        base = await _generate(client, prompts, version=0, n=3, max_tokens=12, temperature=1.0, seed=3)
+        adapted = await _generate(client, prompts[:1], version=1, n=2, max_tokens=12, temperature=0.7, seed=3)
         return base, adapted
 
     base, adapted = _run(gen.target, body)
-    assert sorted(r.prompt_index for r in base) == [0, 1, 2]
+    assert sorted(g.prompt_id for g in base) == ["chat", "ids", "text"]
     by_id = {r.prompt_id: r for r in base}
-    assert list(by_id["ids"].prompt_ids) == [65, 66, 67, 68]
+    assert by_id["ids"].prompt_ids == [65, 66, 67, 68]
     assert by_id["text"].prompt_text == "hello"
     assert by_id["chat"].prompt_text == "<|user|>hi<|assistant|>"  # the tiny model's chat template
     model = AutoModelForCausalLM.from_pretrained(gen.model_dir, dtype="float32").eval()
@@ -223,26 +224,26 @@ def test_groups_of_n_with_logprobs_matching_transformers(gen, tmp_path):
             policy = PeftModel.from_pretrained(model, write_adapter_dir(gen.adapters["a"], tmp_path / "v1")).eval()
         for r in responses:
             assert r.policy_version == (0 if policy is model else 1)
-            assert len(r.completions) == (3 if policy is model else 2)
-            for c in r.completions:
+            assert len(r.samples) == (3 if policy is model else 2)
+            for c in r.samples:
                 assert len(c.token_ids) >= 1 and len(c.logprobs) == len(c.token_ids)
-                expected = _teacher_forced_logprobs(policy, list(r.prompt_ids), list(c.token_ids))
+                expected = _teacher_forced_logprobs(policy, r.prompt_ids, c.token_ids)
                 worst = max(abs(a - b) for a, b in zip(c.logprobs, expected, strict=True))
                 assert worst < LOGPROB_TOLERANCE, (r.prompt_id, worst)
                 key = "base" if policy is model else "v1"
                 worst_by_policy[key] = max(worst_by_policy.get(key, 0.0), worst)
     print(f"max |vLLM - transformers| log-prob: {worst_by_policy}")  # shown with pytest -s
-    samples = [tuple(c.token_ids) for c in by_id["ids"].completions]
+    samples = [tuple(c.token_ids) for c in by_id["ids"].samples]
     assert len(set(samples)) == 3  # the n samples of a group are distinct draws
 
 
 def test_seed_gives_reproducible_samples(gen):
-    async def body(stub):
+    async def body(client):
         kwargs = dict(n=2, max_tokens=16, temperature=1.0)
-        first = await _generate(stub, [_prompt("p")], seed=11, **kwargs)
-        again = await _generate(stub, [_prompt("p")], seed=11, **kwargs)
-        other = await _generate(stub, [_prompt("p")], seed=12, **kwargs)
-        return [[tuple(c.token_ids) for c in r[0].completions] for r in (first, again, other)]
+        first = await _generate(client, [_prompt("p")], seed=11, **kwargs)
+        again = await _generate(client, [_prompt("p")], seed=11, **kwargs)
+        other = await _generate(client, [_prompt("p")], seed=12, **kwargs)
+        return [[tuple(c.token_ids) for c in r[0].samples] for r in (first, again, other)]
 
     first, again, other = _run(gen.target, body)
     assert first == again
@@ -250,67 +251,67 @@ def test_seed_gives_reproducible_samples(gen):
 
 
 def test_stop_strings_and_finish_reasons(gen):
-    async def body(stub):
-        free = await _generate(stub, [_prompt("p")], version=0, max_tokens=40, temperature=0)
-        text = free[0].completions[0].text
+    async def body(client):
+        free = await _generate(client, [_prompt("p")], version=0, max_tokens=40, temperature=0)
+        text = free[0].samples[0].text
         stop = text[5:7]  # a string the greedy completion is known to contain
-        stopped = await _generate(stub, [_prompt("p")], version=0, max_tokens=40, temperature=0, stop=[stop])
-        return free[0].completions[0], stopped[0].completions[0], stop
+        stopped = await _generate(client, [_prompt("p")], version=0, max_tokens=40, temperature=0, stop=(stop,))
+        return free[0].samples[0], stopped[0].samples[0], stop
 
     free, stopped, stop = _run(gen.target, body)
-    assert free.finish_reason == common_pb2.FINISH_REASON_LENGTH and len(free.token_ids) == 40
-    assert stopped.finish_reason == common_pb2.FINISH_REASON_STOP
+    assert free.finish_reason is FinishReason.LENGTH and len(free.token_ids) == 40
+    assert stopped.finish_reason is FinishReason.STOP
     assert stop not in stopped.text and free.text.startswith(stopped.text)
 
 
 def test_pushed_adapter_changes_greedy_output_and_version(gen):
     greedy = dict(max_tokens=24, temperature=0)
 
-    async def body(stub):
-        before = (await _generate(stub, [_prompt("p")], **greedy))[0]
-        pushed = await _push(stub, gen.adapters["b"], before.policy_version + 1)
-        after = (await _generate(stub, [_prompt("p")], **greedy))[0]
-        base = (await _generate(stub, [_prompt("p")], version=0, **greedy))[0]
-        info = await stub.GetInfo(generator_pb2.GetGeneratorInfoRequest())
+    async def body(client):
+        before = (await _generate(client, [_prompt("p")], **greedy))[0]
+        pushed = await _push(client, gen.adapters["b"], before.policy_version + 1)
+        after = (await _generate(client, [_prompt("p")], **greedy))[0]
+        base = (await _generate(client, [_prompt("p")], version=0, **greedy))[0]
+        info = await client.info()
         return before, pushed, after, base, info
 
     before, pushed, after, base, info = _run(gen.target, body)
     assert pushed.policy_version == before.policy_version + 1 and 0 < pushed.load_seconds < 30
     assert after.policy_version == pushed.policy_version == info.policy_version
-    assert list(pushed.loaded_versions)[-1] == pushed.policy_version
-    assert after.completions[0].token_ids != before.completions[0].token_ids
-    assert after.completions[0].token_ids != base.completions[0].token_ids
+    assert pushed.loaded_versions[-1] == pushed.policy_version
+    assert after.samples[0].token_ids != before.samples[0].token_ids
+    assert after.samples[0].token_ids != base.samples[0].token_ids
 
 
 def test_in_flight_request_finishes_on_its_version_while_newer_ones_load(gen):
     long_greedy = dict(max_tokens=64, min_tokens=64, temperature=0)
     events: list[str] = []
 
-    async def body(stub):
-        reference = (await _generate(stub, [_prompt("long")], **long_greedy))[0]
+    async def body(client):
+        reference = (await _generate(client, [_prompt("long")], **long_greedy))[0]
         old = reference.policy_version
-        in_flight = asyncio.ensure_future(_generate(stub, [_prompt("long")], **long_greedy))
+        in_flight = asyncio.ensure_future(_generate(client, [_prompt("long")], **long_greedy))
         in_flight.add_done_callback(lambda _: events.append("in-flight done"))
-        while (await stub.GetInfo(generator_pb2.GetGeneratorInfoRequest())).running_requests == 0:
+        while (await client.info()).running_requests == 0:
             await asyncio.sleep(0.02)
         # Two newer versions: with K=2 the old one falls out of the servable set while still in use.
         for step, name in ((1, "c"), (2, "b")):
-            await _push(stub, gen.adapters[name], old + step)
+            await _push(client, gen.adapters[name], old + step)
             events.append(f"pushed v{old + step}")
-        during = await stub.GetInfo(generator_pb2.GetGeneratorInfoRequest())
+        during = await client.info()
         finished = (await in_flight)[0]
         await asyncio.sleep(0.2)
-        after = await stub.GetInfo(generator_pb2.GetGeneratorInfoRequest())
+        after = await client.info()
         with pytest.raises(grpc.aio.AioRpcError) as gone:
-            await _generate(stub, [_prompt("x")], version=old, max_tokens=2)
+            await _generate(client, [_prompt("x")], version=old, max_tokens=2)
         return old, reference, finished, during, after, gone.value
 
     old, reference, finished, during, after, gone = _run(gen.target, body)
     assert events[:2] == [f"pushed v{old + 1}", f"pushed v{old + 2}"]  # both loads finished mid-request
     assert old in during.loaded_versions  # still loaded: a request uses it
     assert finished.policy_version == old
-    assert list(finished.completions[0].token_ids) == list(reference.completions[0].token_ids)
-    assert list(after.loaded_versions) == [old + 1, old + 2]  # unloaded once its last request ended
+    assert finished.samples[0].token_ids == reference.samples[0].token_ids
+    assert after.loaded_versions == [old + 1, old + 2]  # unloaded once its last request ended
     assert gone.code() == grpc.StatusCode.NOT_FOUND
 
 
@@ -326,17 +327,21 @@ def test_bad_adapters_are_rejected_and_the_old_version_keeps_serving(gen):
         "target modules": (bad_targets, None),
     }
 
-    async def body(stub):
-        before = (await _generate(stub, [_prompt("p")], **greedy))[0]
+    async def body(client):
+        before = (await _generate(client, [_prompt("p")], **greedy))[0]
         codes = {}
         for name, (payload, corrupt) in cases.items():
-            chunks = list(to_chunks(dataclasses.replace(payload, policy_version=before.policy_version + 1)))
-            if corrupt:
-                corrupt(chunks)
+            payload = dataclasses.replace(payload, policy_version=before.policy_version + 1)
             with pytest.raises(grpc.aio.AioRpcError) as err:
-                await stub.LoadAdapter(iter(chunks))
+                if corrupt:  # a malformed stream: only a raw stub can send it
+                    chunks = list(to_chunks(payload))
+                    corrupt(chunks)
+                    async with make_channel(gen.target, ClientConfig(max_attempts=1)) as channel:
+                        await generator_pb2_grpc.GeneratorServiceStub(channel).LoadAdapter(iter(chunks))
+                else:
+                    await client.load_adapter(payload, chunk_bytes=64 * 1024)
             codes[name] = (err.value.code(), err.value.details())
-        after = (await _generate(stub, [_prompt("p")], **greedy))[0]
+        after = (await _generate(client, [_prompt("p")], **greedy))[0]
         return before, codes, after
 
     before, codes, after = _run(gen.target, body, ClientConfig(max_attempts=1, timeout_seconds=180))
@@ -345,26 +350,25 @@ def test_bad_adapters_are_rejected_and_the_old_version_keeps_serving(gen):
     assert codes["rank"][0] == grpc.StatusCode.FAILED_PRECONDITION and "rank 16" in codes["rank"][1]
     assert codes["target modules"][0] == grpc.StatusCode.FAILED_PRECONDITION and "not_a_layer" in codes["target modules"][1]
     assert after.policy_version == before.policy_version
-    assert after.completions[0].token_ids == before.completions[0].token_ids
+    assert after.samples[0].token_ids == before.samples[0].token_ids
     # no staged file of a rejected push is left behind (spares of retired versions may wait there)
     assert [p for p in (gen.served / ".incoming").iterdir() if not p.name.startswith(".spare-")] == []
 
 
 def test_cancelling_a_call_aborts_its_generation_and_overload_is_refused(gen):
-    async def body(stub):
-        call = stub.Generate(generator_pb2.GenerateRequest(
-            prompts=[_prompt(f"p{i}") for i in range(10)],
-            sampling=common_pb2.SamplingParams(n=2, max_tokens=480, min_tokens=480, temperature=1.0)))
-        while (await stub.GetInfo(generator_pb2.GetGeneratorInfoRequest())).running_requests == 0:
+    async def body(client):
+        call = asyncio.ensure_future(_generate(client, [_prompt(f"p{i}") for i in range(10)], n=2, max_tokens=480,
+                                               min_tokens=480, temperature=1.0))
+        while (await client.info()).running_requests == 0:
             await asyncio.sleep(0.02)
         with pytest.raises(grpc.aio.AioRpcError) as busy:  # 10 + 7 prompts > max_concurrent_requests = 16
-            await _generate(stub, [_prompt(f"q{i}") for i in range(7)], max_tokens=4)
+            await _generate(client, [_prompt(f"q{i}") for i in range(7)], max_tokens=4)
         cancelled_at = time.monotonic()
-        call.cancel()
-        while (await stub.GetInfo(generator_pb2.GetGeneratorInfoRequest())).running_requests:
+        call.cancel()  # cancelling the task that reads the stream cancels the call
+        while (await client.info()).running_requests:
             await asyncio.sleep(0.02)
         idle_after = time.monotonic() - cancelled_at
-        ok = await _generate(stub, [_prompt(f"q{i}") for i in range(7)], max_tokens=4)
+        ok = await _generate(client, [_prompt(f"q{i}") for i in range(7)], max_tokens=4)
         return busy.value.code(), idle_after, ok
 
     before = _metrics(gen.metrics_port)
@@ -379,17 +383,17 @@ def test_cancelling_a_call_aborts_its_generation_and_overload_is_refused(gen):
 
 
 def test_invalid_requests_name_the_field(gen):
-    async def body(stub):
+    async def body(client):
         results = {}
-        for name, request in {
-            "token": generator_pb2.GenerateRequest(prompts=[_prompt("a"), _prompt("b", ids=[1, 999])]),
-            "empty": generator_pb2.GenerateRequest(),
-            "both": generator_pb2.GenerateRequest(prompts=[generator_pb2.Prompt(token_ids=[1], text="x")]),
-            "top_p": generator_pb2.GenerateRequest(prompts=[_prompt("a")], sampling=common_pb2.SamplingParams(top_p=2)),
-            "version": generator_pb2.GenerateRequest(prompts=[_prompt("a")], policy_version=10_000),
+        for name, (prompts, sampling, version) in {
+            "token": ([_prompt("a"), _prompt("b", ids=[1, 999])], Sampling(), None),
+            "empty": ([], Sampling(), None),
+            "both": ([PromptInput("", token_ids=(1,), text="x")], Sampling(), None),
+            "top_p": ([_prompt("a")], Sampling(top_p=2), None),
+            "version": ([_prompt("a")], Sampling(), 10_000),
         }.items():
             with pytest.raises(grpc.aio.AioRpcError) as err:
-                [r async for r in stub.Generate(request)]
+                [g async for g in client.generate(prompts, sampling, policy_version=version)]
             results[name] = (err.value.code(), err.value.details())
         return results
 

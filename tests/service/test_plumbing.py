@@ -10,7 +10,7 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from prometheus_client.parser import text_string_to_metric_families
 
-from rlfleet.client import make_channel
+from rlfleet.clients import make_channel
 from rlfleet.config import ClientConfig, ServerConfig
 from rlfleet.errors import InvalidRequest
 from rlfleet.server import GrpcServer

@@ -14,9 +14,8 @@ from prometheus_client.parser import text_string_to_metric_families
 from reference.config import ReferenceConfig
 from reference.model import ReferenceModel
 from reference.server import start_reference_server
-from rlfleet.client import make_channel
+from rlfleet.clients import ReferenceClient
 from rlfleet.config import ServerConfig
-from rlfleet.v1 import reference_pb2, reference_pb2_grpc
 
 # float32 forward passes of the same tokens differ only by the order of matmul sums: measured
 # gaps are ~2e-6 nats; 1e-4 leaves room for other BLAS builds while catching any off-by-one.
@@ -40,17 +39,18 @@ def _config(model_dir: str, **overrides) -> ReferenceConfig:
                            **overrides)
 
 
-def _call(config: ReferenceConfig, model: ReferenceModel, *requests):
-    """Starts the real server, sends each request (a LogProbsRequest or GetReferenceInfoRequest), stops."""
+Sequence = tuple[list[int], int]  # (token_ids, prompt_length)
+
+
+def _call(config: ReferenceConfig, model: ReferenceModel, *calls):
+    """Starts the real server, runs each call (a function of a ReferenceClient) and keeps its reply or error, stops."""
     async def run():
         server = await start_reference_server(config, model)
         replies = []
-        async with make_channel(f"127.0.0.1:{server.port}") as channel:
-            stub = reference_pb2_grpc.ReferenceServiceStub(channel)
-            for request in requests:
-                method = stub.GetInfo if isinstance(request, reference_pb2.GetReferenceInfoRequest) else stub.LogProbs
+        async with ReferenceClient(f"127.0.0.1:{server.port}", timeout=120) as client:
+            for call in calls:
                 try:
-                    replies.append(await method(request, timeout=120))
+                    replies.append(await call(client))
                 except grpc.aio.AioRpcError as err:
                     replies.append(err)
         text = await asyncio.to_thread(lambda: urllib.request.urlopen(
@@ -61,18 +61,21 @@ def _call(config: ReferenceConfig, model: ReferenceModel, *requests):
     return asyncio.run(run())
 
 
-def _random_sequences(shapes, vocab=262, seed=0) -> list[reference_pb2.TokenSequence]:
+def _random_sequences(shapes, vocab=262, seed=0) -> list[Sequence]:
     rng = random.Random(seed)
-    return [reference_pb2.TokenSequence(token_ids=[rng.randrange(vocab) for _ in range(n)], prompt_length=p)
-            for n, p in shapes]
+    return [([rng.randrange(vocab) for _ in range(n)], p) for n, p in shapes]
 
 
-def _direct(hf_model, seq: reference_pb2.TokenSequence) -> tuple[torch.Tensor, torch.Tensor]:
+def _logprobs(sequences: list[Sequence], return_entropy: bool = False):
+    return lambda client: client.logprobs(sequences, return_entropy)
+
+
+def _direct(hf_model, seq: Sequence) -> tuple[torch.Tensor, torch.Tensor]:
     """log p and entropy at completion positions from transformers' own full forward pass (float32)."""
-    ids = torch.tensor([list(seq.token_ids)])  # [1, T]
+    token_ids, p = seq
+    ids = torch.tensor([token_ids])  # [1, T]
     with torch.no_grad():
         full = hf_model(input_ids=ids).logits.float().log_softmax(-1)[0]  # [T, V]
-    p = seq.prompt_length
     logprobs = full[p - 1:-1].gather(1, ids[0, p:, None]).squeeze(1)  # [T - P]
     entropy = -(full.exp() * full).sum(-1)[p - 1:-1]  # [T - P]
     return logprobs, entropy
@@ -81,14 +84,13 @@ def _direct(hf_model, seq: reference_pb2.TokenSequence) -> tuple[torch.Tensor, t
 def test_logprobs_equal_a_direct_transformers_forward(tiny_model_dir, hf_model, ref_model):
     sequences = _random_sequences([(12, 4), (70, 30), (5, 5), (130, 1), (40, 39)])
     (reply, info), _ = _call(_config(tiny_model_dir, max_batch_tokens=256), ref_model,
-                             reference_pb2.LogProbsRequest(sequences=sequences, return_entropy=True),
-                             reference_pb2.GetReferenceInfoRequest())
-    assert len(reply.results) == len(sequences)
-    for seq, result in zip(sequences, reply.results, strict=True):
+                             _logprobs(sequences, return_entropy=True), lambda client: client.info())
+    assert len(reply) == len(sequences)
+    for seq, result in zip(sequences, reply, strict=True):
         expected_lp, expected_ent = _direct(hf_model, seq)
-        assert len(result.logprobs) == len(result.entropies) == len(seq.token_ids) - seq.prompt_length
-        assert torch.allclose(torch.tensor(list(result.logprobs)), expected_lp, atol=TOLERANCE)
-        assert torch.allclose(torch.tensor(list(result.entropies)), expected_ent, atol=TOLERANCE)
+        assert len(result.logprobs) == len(result.entropies) == len(seq[0]) - seq[1]
+        assert torch.allclose(torch.tensor(result.logprobs), expected_lp, atol=TOLERANCE)
+        assert torch.allclose(torch.tensor(result.entropies), expected_ent, atol=TOLERANCE)
     assert (info.vocab_size, info.max_model_len, info.dtype, info.max_batch_tokens) == (262, 512, "float32", 256)
     assert len(info.base_model_id) == 16
 
@@ -97,13 +99,12 @@ def test_batch_invariance_across_mixed_lengths(tiny_model_dir, ref_model):
     # Budget 200 packs these 9 lengths into several batches with lots of padding (e.g. 90 next to 3).
     shapes = [(90, 10), (3, 1), (45, 44), (17, 2), (90, 80), (8, 3), (60, 20), (2, 1), (33, 11)]
     sequences = _random_sequences(shapes, seed=1)
-    requests = [reference_pb2.LogProbsRequest(sequences=sequences)]
-    requests += [reference_pb2.LogProbsRequest(sequences=[s]) for s in sequences]
-    (mixed, *alone), text = _call(_config(tiny_model_dir, max_batch_tokens=200), ref_model, *requests)
+    calls = [_logprobs(sequences)] + [_logprobs([s]) for s in sequences]
+    (mixed, *alone), text = _call(_config(tiny_model_dir, max_batch_tokens=200), ref_model, *calls)
     for i, single in enumerate(alone):
-        assert torch.allclose(torch.tensor(list(mixed.results[i].logprobs)),
-                              torch.tensor(list(single.results[0].logprobs)), atol=1e-5), f"sequence {i}"
-    assert not mixed.results[0].entropies  # not asked for
+        assert torch.allclose(torch.tensor(mixed[i].logprobs), torch.tensor(single[0].logprobs),
+                              atol=1e-5), f"sequence {i}"
+    assert mixed[0].entropies is None  # not asked for
     families = {f.name: f for f in text_string_to_metric_families(text)}
     fill = {s.name: s.value for s in families["rlfleet_reference_batch_fill_ratio"].samples}
     assert fill["rlfleet_reference_batch_fill_ratio_count"] >= 1 + len(sequences)
@@ -114,19 +115,17 @@ def test_batch_invariance_across_mixed_lengths(tiny_model_dir, ref_model):
 
 
 @pytest.mark.parametrize(("bad", "field"), [
-    (reference_pb2.TokenSequence(token_ids=[1, 2, 300], prompt_length=1), "sequences[2].token_ids"),
-    (reference_pb2.TokenSequence(token_ids=[1, 2, 3], prompt_length=0), "sequences[2].prompt_length"),
-    (reference_pb2.TokenSequence(token_ids=[1, 2, 3], prompt_length=4), "sequences[2].prompt_length"),
-    (reference_pb2.TokenSequence(token_ids=[1] * 513, prompt_length=1), "sequences[2].token_ids"),
+    (([1, 2, 300], 1), "sequences[2].token_ids"),
+    (([1, 2, 3], 0), "sequences[2].prompt_length"),
+    (([1, 2, 3], 4), "sequences[2].prompt_length"),
+    (([1] * 513, 1), "sequences[2].token_ids"),
 ])
 def test_bad_input_is_invalid_argument_naming_the_sequence(tiny_model_dir, ref_model, bad, field):
     good = _random_sequences([(6, 2), (4, 1)])
-    (err, ok), _ = _call(_config(tiny_model_dir), ref_model,
-                         reference_pb2.LogProbsRequest(sequences=[*good, bad]),
-                         reference_pb2.LogProbsRequest(sequences=good))
+    (err, ok), _ = _call(_config(tiny_model_dir), ref_model, _logprobs([*good, bad]), _logprobs(good))
     assert isinstance(err, grpc.aio.AioRpcError) and err.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert err.details().startswith(field + ":")
-    assert [len(r.logprobs) for r in ok.results] == [4, 3]  # the service still answers good requests
+    assert [len(r.logprobs) for r in ok] == [4, 3]  # the service still answers good requests
 
 
 @pytest.mark.slow
@@ -141,11 +140,9 @@ def test_a_request_over_4_mib_of_tokens(tmp_path):
     model = ReferenceModel.from_causal_lm(AutoModelForCausalLM.from_pretrained(path))
     # Ids 128..261 take 2 bytes each as varints: 8,400 sequences x 256 tokens = 2.15 M tokens, ~4.3 MB.
     rng = random.Random(0)
-    sequences = [reference_pb2.TokenSequence(token_ids=[rng.randrange(128, 262) for _ in range(256)],
-                                             prompt_length=255) for _ in range(8400)]
-    request = reference_pb2.LogProbsRequest(sequences=sequences)
-    assert request.ByteSize() > 4 * 1024 * 1024
-    (reply,), _ = _call(_config(str(path), max_batch_tokens=65536), model, request)
-    assert isinstance(reply, reference_pb2.LogProbsResponse), reply
-    assert len(reply.results) == 8400 and all(len(r.logprobs) == 1 for r in reply.results)
-    assert all(r.logprobs[0] < 0 for r in reply.results)
+    sequences = [([rng.randrange(128, 262) for _ in range(256)], 255) for _ in range(8400)]
+    assert sum(2 * len(ids) for ids, _ in sequences) > 4 * 1024 * 1024  # 2 bytes per id on the wire, and more
+    (reply,), _ = _call(_config(str(path), max_batch_tokens=65536), model, _logprobs(sequences))
+    assert isinstance(reply, list), reply
+    assert len(reply) == 8400 and all(len(r.logprobs) == 1 for r in reply)
+    assert all(r.logprobs[0] < 0 for r in reply)

@@ -10,9 +10,9 @@ from reward_server.config import RewardConfig
 from reward_server.core import RewardCore
 from reward_server.model import RewardModel
 from reward_server.server import start_server
-from rlfleet.client import make_channel
+from rlfleet.clients import RewardClient
 from rlfleet.config import ServerConfig
-from rlfleet.v1 import common_pb2, reward_pb2, reward_pb2_grpc
+from rlfleet.outcomes import RewardItem, RewardStatus
 
 
 @pytest.fixture(scope="module")
@@ -64,21 +64,19 @@ def test_model_served_over_grpc_with_a_builtin(classifier_dir):
         core = RewardCore(config)
         core.start_workers()
         server = await start_server(config.server, core)
-        async with make_channel(f"127.0.0.1:{server.port}") as channel:
-            stub = reward_pb2_grpc.RewardServiceStub(channel)
-            items = [reward_pb2.RewardItem(prompt="q: ", completion=c)
-                     for c in ("<think>a</think><answer>b</answer>", "no format", "x" * 40)]
-            together = await stub.Score(reward_pb2.ScoreRequest(items=items))
-            alone = await stub.Score(reward_pb2.ScoreRequest(items=items[1:2]))
-            listed = await stub.ListRewards(reward_pb2.ListRewardsRequest())
+        async with RewardClient(f"127.0.0.1:{server.port}") as client:
+            items = [RewardItem("q: ", c) for c in ("<think>a</think><answer>b</answer>", "no format", "x" * 40)]
+            together = await client.score(items)
+            alone = await client.score(items[1:2])
+            listed = await client.list_rewards()
         await server.stop(0)
         core.close()
         return together, alone, listed
 
     together, alone, listed = asyncio.run(run())
-    first = together.results[0]
-    assert first.status == common_pb2.REWARD_STATUS_OK
+    first = together[0]
+    assert first.status is RewardStatus.OK
     # total = 1.0 * format + 2.0 * model score
     assert first.reward == pytest.approx(first.components["think_answer_format"] + 2 * first.components["model"])
-    assert together.results[1].components["model"] == pytest.approx(alone.results[0].components["model"], abs=1e-4)
-    assert [(s.name, s.kind) for s in listed.rewards] == [("think_answer_format", "builtin"), ("model", "model")]
+    assert together[1].components["model"] == pytest.approx(alone[0].components["model"], abs=1e-4)
+    assert [(s.name, s.kind) for s in listed] == [("think_answer_format", "builtin"), ("model", "model")]

@@ -1,4 +1,8 @@
-"""Reward server over real loopback gRPC: hostile scripts, statuses, weights, idempotency, overload, health."""
+"""Reward server over real loopback gRPC: hostile scripts, statuses, weights, idempotency, overload, health.
+
+Calls go through rlfleet.clients.RewardClient, except where a test sends what the client never
+would: a chosen request_id sent twice (idempotency), or a column that is not JSON.
+"""
 
 from __future__ import annotations
 
@@ -17,12 +21,13 @@ from reward_server.__main__ import main
 from reward_server.config import LimitsConfig, RewardConfig
 from reward_server.core import RewardCore
 from reward_server.server import SERVICE, start_server
-from rlfleet.client import make_channel
+from rlfleet.clients import RewardClient, make_channel
 from rlfleet.config import ClientConfig, ServerConfig
-from rlfleet.v1 import common_pb2, reward_pb2, reward_pb2_grpc
+from rlfleet.outcomes import RewardItem, RewardStatus
+from rlfleet.v1 import reward_pb2, reward_pb2_grpc
 
-OK, TIMEOUT, ERROR, INVALID = (common_pb2.REWARD_STATUS_OK, common_pb2.REWARD_STATUS_TIMEOUT,
-                               common_pb2.REWARD_STATUS_ERROR, common_pb2.REWARD_STATUS_INVALID_OUTPUT)
+OK, TIMEOUT, ERROR, INVALID = (RewardStatus.OK, RewardStatus.TIMEOUT, RewardStatus.ERROR, RewardStatus.INVALID_OUTPUT)
+ONE_ATTEMPT = ClientConfig(max_attempts=1)
 
 HOSTILE = '''
 import ctypes, os, re, subprocess, sys, time
@@ -87,11 +92,12 @@ async def _stop(server, core) -> None:
     core.close()
 
 
-def _item(completion: str, **columns) -> reward_pb2.RewardItem:
-    import json
+def _item(completion: str, **columns) -> RewardItem:
+    return RewardItem("p", completion, columns)
 
-    return reward_pb2.RewardItem(prompt="p", completion=completion,
-                                 columns={k: json.dumps(v) for k, v in columns.items()})
+
+def _raw_item(completion: str) -> reward_pb2.RewardItem:
+    return reward_pb2.RewardItem(prompt="p", completion=completion)
 
 
 def _metrics(port: int) -> dict:
@@ -119,16 +125,15 @@ def test_hostile_items_cost_one_item_each(tmp_path):
 
     async def run():
         server, core = await _serve(config)
-        async with make_channel(f"127.0.0.1:{server.port}") as channel:
-            stub = reward_pb2_grpc.RewardServiceStub(channel)
-            first = await stub.Score(reward_pb2.ScoreRequest(items=[_item(k, pidfile=pidfile) for k in kinds]))
-            after = await stub.Score(reward_pb2.ScoreRequest(items=[_item("abc")]))
+        async with RewardClient(f"127.0.0.1:{server.port}") as client:
+            first = await client.score([_item(k, pidfile=pidfile) for k in kinds])
+            after = await client.score([_item("abc")])
         scraped = await asyncio.to_thread(_metrics, server.metrics_port)
         await _stop(server, core)
         return first, after, scraped
 
     first, after, scraped = asyncio.run(run())
-    got = {k: (r.status, r.reward, r.error) for k, r in zip(kinds, first.results, strict=True)}
+    got = {k: (r.status, r.reward, r.error) for k, r in zip(kinds, first, strict=True)}
     assert got["ok"] == (OK, 2.0, "") and got["fine"] == (OK, 4.0, "")  # len("fine") = 4
     for kind in ("busy", "gil", "forkbomb"):
         assert got[kind][0] == TIMEOUT and "killed" in got[kind][2], kind
@@ -139,7 +144,7 @@ def test_hostile_items_cost_one_item_each(tmp_path):
     assert got["sys_exit"][0] == ERROR and "sys.exit(0)" in got["sys_exit"][2]
     assert got["nan"][0] == INVALID and "not finite" in got["nan"][2] and got["nan"][1] == 0.0
     assert got["text"][0] == INVALID and "not a number" in got["text"][2]
-    assert (after.results[0].status, after.results[0].reward) == (OK, 3.0)
+    assert (after[0].status, after[0].reward) == (OK, 3.0)
     pids = [int(p) for p in Path(pidfile).read_text().split()]
     assert len(pids) == 21 and all(_dead(p) for p in pids)  # 20 fork-bomb children + the pipe holder
     restarts = {dict(k[1]).get("reason"): v for k, v in scraped.items() if k[0] == "rlfleet_reward_worker_restarts_total"}
@@ -177,19 +182,17 @@ def test_weights_none_components_and_batch_retry(tmp_path):
 
     async def run():
         server, core = await _serve(config)
-        async with make_channel(f"127.0.0.1:{server.port}") as channel:
-            stub = reward_pb2_grpc.RewardServiceStub(channel)
-            items = [reward_pb2.RewardItem(prompt="q", completion="four", reference="four"),
-                     reward_pb2.RewardItem(prompt="q", completion="", reference="four"),
-                     reward_pb2.RewardItem(prompt="q", completion="boom", reference="four")]
-            scored = await stub.Score(reward_pb2.ScoreRequest(items=items))
-            listed = await stub.ListRewards(reward_pb2.ListRewardsRequest())
-            bad = await stub.Score(reward_pb2.ScoreRequest(items=[_item("a"), _item("b")]))
+        async with RewardClient(f"127.0.0.1:{server.port}") as client:
+            items = [RewardItem("q", completion, {"answer": "four"}) for completion in ("four", "", "boom")]
+            scored = await client.score(items)
+            scored_version = client.script_version
+            listed = await client.list_rewards()
+            listed_version = client.script_version
+            bad = await client.score([_item("a"), _item("b")])
         await _stop(server, core)
-        return scored, listed, bad
+        return scored, scored_version, listed, listed_version, bad
 
-    scored, listed, bad = asyncio.run(run())
-    r = scored.results
+    r, scored_version, listed, listed_version, bad = asyncio.run(run())
     # item 0: accuracy 1 * 1.0 + length 0.4 * 0.5 + flaky 0.5 * 2 = 1 + 0.2 + 1 = 2.2
     assert r[0].status == OK and r[0].reward == pytest.approx(2.2)
     assert dict(r[0].components) == pytest.approx({"accuracy": 1.0, "length_bonus": 0.4, "flaky": 0.5})
@@ -198,12 +201,12 @@ def test_weights_none_components_and_batch_retry(tmp_path):
     # item 2: only this item fails: flaky raised on it when retried alone
     assert r[2].status == ERROR and r[2].reward == 0.0 and "flaky: ERROR: ValueError: boom" in r[2].error
     assert r[2].components["accuracy"] == 0.0
-    assert [(s.name, s.weight, s.kind) for s in listed.rewards] == [
+    assert [(s.name, s.weight, s.kind) for s in listed] == [
         ("accuracy", 1.0, "function"), ("length_bonus", 0.5, "function"), ("flaky", 2.0, "function")]
-    assert listed.rewards[0].description == "1 when the completion equals the answer."
-    assert listed.script_version == scored.script_version and len(scored.script_version) == 16
+    assert listed[0].description == "1 when the completion equals the answer."
+    assert listed_version == scored_version and len(scored_version) == 16
     # no `answer` column at all: accuracy's batch call raises TypeError for every item
-    assert [x.status for x in bad.results] == [ERROR, ERROR] and "TypeError" in bad.results[0].error
+    assert [x.status for x in bad] == [ERROR, ERROR] and "TypeError" in bad[0].error
 
 
 def test_wrong_length_batch_is_invalid_output_and_version_tracks_script(tmp_path):
@@ -213,17 +216,16 @@ def test_wrong_length_batch_is_invalid_output_and_version_tracks_script(tmp_path
     async def run(text):
         script.write_text(text)
         server, core = await _serve(_config(script, reward=["short_list:1"]))
-        async with make_channel(f"127.0.0.1:{server.port}") as channel:
-            out = await reward_pb2_grpc.RewardServiceStub(channel).Score(
-                reward_pb2.ScoreRequest(items=[_item("a"), _item("b"), _item("c")]))
+        async with RewardClient(f"127.0.0.1:{server.port}") as client:
+            out = await client.score([_item("a"), _item("b"), _item("c")])
         await _stop(server, core)
-        return out
+        return out, client.script_version
 
-    first = asyncio.run(run(HOSTILE))
-    second = asyncio.run(run(HOSTILE + "\n# edited\n"))
-    assert [r.status for r in first.results] == [INVALID] * 3
-    assert "returned 2 values for 3 items" in first.results[0].error
-    assert first.script_version != second.script_version
+    first, first_version = asyncio.run(run(HOSTILE))
+    _, second_version = asyncio.run(run(HOSTILE + "\n# edited\n"))
+    assert [r.status for r in first] == [INVALID] * 3
+    assert "returned 2 values for 3 items" in first[0].error
+    assert first_version != second_version
 
 
 def test_retried_request_id_is_scored_once(tmp_path):
@@ -235,7 +237,7 @@ def test_retried_request_id_is_scored_once(tmp_path):
         server, core = await _serve(_config(script))
         async with make_channel(f"127.0.0.1:{server.port}") as channel:
             stub = reward_pb2_grpc.RewardServiceStub(channel)
-            request = reward_pb2.ScoreRequest(request_id="r-1", items=[_item("a"), _item("b")])
+            request = reward_pb2.ScoreRequest(request_id="r-1", items=[_raw_item("a"), _raw_item("b")])
             first, second = await asyncio.gather(stub.Score(request), stub.Score(request))
             third = await stub.Score(request)
         await _stop(server, core)
@@ -256,7 +258,7 @@ def test_retry_after_the_first_call_gave_up_shares_the_work(tmp_path):
         server, core = await _serve(_config(script, workers=1))
         async with make_channel(f"127.0.0.1:{server.port}", ClientConfig(max_attempts=1)) as channel:
             stub = reward_pb2_grpc.RewardServiceStub(channel)
-            request = reward_pb2.ScoreRequest(request_id="r-2", items=[_item("a")])
+            request = reward_pb2.ScoreRequest(request_id="r-2", items=[_raw_item("a")])
             impatient = asyncio.ensure_future(stub.Score(request, timeout=1))
             await asyncio.sleep(0.5)
             patient = await stub.Score(request, timeout=10)  # joins the running work before the first gives up
@@ -276,18 +278,19 @@ def test_overload_answers_resource_exhausted_quickly(tmp_path):
 
     async def run():
         server, core = await _serve(_config(script, workers=1, max_queued_items=4))
-        async with make_channel(f"127.0.0.1:{server.port}", ClientConfig(max_attempts=1)) as channel:
-            stub = reward_pb2_grpc.RewardServiceStub(channel)
-            busy = asyncio.ensure_future(stub.Score(reward_pb2.ScoreRequest(items=[_item("a")] * 3)))
+        target = f"127.0.0.1:{server.port}"
+        async with RewardClient(target, ONE_ATTEMPT) as client, make_channel(target, ONE_ATTEMPT) as channel:
+            busy = asyncio.ensure_future(client.score([_item("a")] * 3))
             await asyncio.sleep(0.3)
             start = time.perf_counter()
             with pytest.raises(grpc.aio.AioRpcError) as err:
-                await stub.Score(reward_pb2.ScoreRequest(items=[_item("b")] * 2))
+                await client.score([_item("b")] * 2)
             refused_after = time.perf_counter() - start
             with pytest.raises(grpc.aio.AioRpcError) as empty:
-                await stub.Score(reward_pb2.ScoreRequest())
-            with pytest.raises(grpc.aio.AioRpcError) as bad_json:
-                await stub.Score(reward_pb2.ScoreRequest(items=[reward_pb2.RewardItem(columns={"answer": "{4"})]))
+                await client.score([])
+            with pytest.raises(grpc.aio.AioRpcError) as bad_json:  # the client JSON-encodes: only a raw stub can
+                await reward_pb2_grpc.RewardServiceStub(channel).Score(
+                    reward_pb2.ScoreRequest(items=[reward_pb2.RewardItem(columns={"answer": "{4"})]))
             await busy
         await _stop(server, core)
         return err.value, refused_after, empty.value, bad_json.value
@@ -308,11 +311,10 @@ def test_health_is_fast_while_workers_are_busy_and_cancelled_work_is_abandoned(t
     async def run():
         server, core = await _serve(config)
         target = f"127.0.0.1:{server.port}"
-        async with make_channel(target, ClientConfig(max_attempts=1)) as channel:
-            stub = reward_pb2_grpc.RewardServiceStub(channel)
+        async with RewardClient(target, ONE_ATTEMPT, timeout=3) as client, make_channel(target) as channel, \
+                RewardClient(target, ONE_ATTEMPT, timeout=20) as patient:
             health = health_pb2_grpc.HealthStub(channel)
-            calls = [asyncio.ensure_future(stub.Score(reward_pb2.ScoreRequest(items=[_item("busy")]), timeout=3))
-                     for _ in range(2)]
+            calls = [asyncio.ensure_future(client.score([_item("busy")])) for _ in range(2)]
             await asyncio.sleep(1.0)
             latencies, statuses = [], []
             for _ in range(5):
@@ -326,7 +328,7 @@ def test_health_is_fast_while_workers_are_busy_and_cancelled_work_is_abandoned(t
                     await call
                 codes.append(err.value.code())
             start = time.perf_counter()
-            after = await stub.Score(reward_pb2.ScoreRequest(items=[_item("ab")] * 4), timeout=20)
+            after = await patient.score([_item("ab")] * 4)
             after_seconds = time.perf_counter() - start
         await _stop(server, core)
         return latencies, statuses, codes, after, after_seconds
@@ -336,7 +338,7 @@ def test_health_is_fast_while_workers_are_busy_and_cancelled_work_is_abandoned(t
     assert max(latencies) < 0.1, latencies
     assert codes == [grpc.StatusCode.DEADLINE_EXCEEDED] * 2
     # the busy workers were killed when their callers gave up, not after the 60 s item timeout
-    assert after_seconds < 10 and [r.reward for r in after.results] == [2.0] * 4
+    assert after_seconds < 10 and [r.reward for r in after] == [2.0] * 4
 
 
 def test_not_serving_until_ready(tmp_path):
@@ -357,7 +359,7 @@ def test_not_serving_until_ready(tmp_path):
             health = health_pb2_grpc.HealthStub(channel)
             before = (await health.Check(health_pb2.HealthCheckRequest(service=SERVICE))).status
             with pytest.raises(grpc.aio.AioRpcError) as early:
-                await reward_pb2_grpc.RewardServiceStub(channel).Score(reward_pb2.ScoreRequest(items=[_item("a")]))
+                await reward_pb2_grpc.RewardServiceStub(channel).Score(reward_pb2.ScoreRequest(items=[_raw_item("a")]))
         await _stop(server, core)
         return before, early.value.code()
 
