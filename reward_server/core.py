@@ -12,16 +12,19 @@ import asyncio
 import collections
 import logging
 import math
+import pickle
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
+
+import xxhash
 
 from reward_server import metrics
 from reward_server.config import RewardConfig
 from reward_server.items import Outcome, RewardSpec
 from reward_server.scripts import ScriptError, ScriptSource, check_value, script_version
 from reward_server.workers import WorkerLimits, WorkerPool
-from rlfleet.errors import Overloaded
+from rlfleet.errors import InvalidRequest, Overloaded
 from rlfleet.outcomes import ItemScore, RewardItem, RewardStatus, combine
 
 log = logging.getLogger(__name__)
@@ -36,6 +39,14 @@ def score_items(specs: Sequence[RewardSpec], outcomes: dict[str, list[Outcome]],
     columns = [(spec.name, spec.weight, outcomes[spec.name]) for spec in specs]
     return [combine((name, weight, out[i].score(name)) for name, weight, out in columns)
             for i in range(n)]
+
+
+def content_key(request_id: str, items: list[RewardItem]) -> tuple[str, bytes]:
+    """The dedupe key of a request: its id and a digest of its items, so that an id reused for other
+    items is scored afresh rather than answered with the old result."""
+    # pickle carries every field (columns in order) and is the fastest full serialisation here:
+    # ~100 us for 64 items of 2 KB, XXH3-128 on top ~2 us.
+    return request_id, xxhash.xxh3_128_digest(pickle.dumps(items, protocol=pickle.HIGHEST_PROTOCOL))
 
 
 @dataclass
@@ -57,8 +68,8 @@ class RewardCore:
         self.model = None
         self.specs: list[RewardSpec] = []
         self.version = ""
-        self._done: collections.OrderedDict[str, list[ItemScore]] = collections.OrderedDict()
-        self._running: dict[str, _Shared] = {}
+        self._done: collections.OrderedDict[tuple[str, bytes], list[ItemScore]] = collections.OrderedDict()
+        self._running: dict[tuple[str, bytes], _Shared] = {}
         self._window = metrics.WindowMean(config.metrics_window)
 
     def start_workers(self) -> None:
@@ -93,15 +104,20 @@ class RewardCore:
         self.version = script_version(self.script, weights, self.model.model_id)
 
     async def score(self, request_id: str, items: list[RewardItem]) -> list[ItemScore]:
-        """Scores of `items` in order; the first answer for a request_id is reused by its retries.
+        """Scores of `items` in order; the first answer for a request_id and the same items is reused by its retries.
 
         A retry that arrives while the first call still runs waits for the same work. The work is
         abandoned (queued chunks dropped, busy workers killed) once every caller waiting on it gave up.
+        A request that could never fit the queue is InvalidRequest, not Overloaded (which callers retry).
         """
-        if request_id in self._done:
+        if len(items) > self.config.max_queued_items:
+            raise InvalidRequest("items", f"{len(items)} items in one request, more than the whole queue holds "
+                                          f"(max_queued_items = {self.config.max_queued_items}); split the request")
+        key = content_key(request_id, items) if request_id else None
+        if key in self._done:
             metrics.DUPLICATE_REQUESTS.inc()
-            return self._done[request_id]
-        shared = self._running.get(request_id)
+            return self._done[key]
+        shared = self._running.get(key)
         if shared is not None:
             metrics.DUPLICATE_REQUESTS.inc()
         else:
@@ -110,8 +126,8 @@ class RewardCore:
                 raise Overloaded(f"{self.pool.pending_items} items queued; at most {self.config.max_queued_items} "
                                  f"(max_queued_items) may wait; retry later")
             shared = _Shared(asyncio.ensure_future(self._score(items)))
-            if request_id:
-                self._running[request_id] = shared
+            if key:
+                self._running[key] = shared
         shared.waiters += 1
         try:
             scores = await asyncio.shield(shared.task)
@@ -120,9 +136,9 @@ class RewardCore:
             if shared.waiters == 0 and not shared.task.done():
                 shared.task.cancel()
             if shared.task.done() or shared.waiters == 0:
-                self._running.pop(request_id, None)
-        if request_id and self.config.dedupe_cache_size:
-            self._done[request_id] = scores
+                self._running.pop(key, None)
+        if key and self.config.dedupe_cache_size:
+            self._done[key] = scores
             while len(self._done) > self.config.dedupe_cache_size:
                 self._done.popitem(last=False)
         return scores
