@@ -29,7 +29,7 @@ import typing
 from pathlib import Path
 from typing import Any, ClassVar, Literal, NoReturn, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 ENV_PREFIX = "RLFLEET_"
 
@@ -46,6 +46,14 @@ class ConfigModel(BaseModel):
     """Base of every config model: unknown keys are errors and field docstrings are help texts."""
 
     model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True, validate_default=True)
+
+
+def _check_token(token: str | None) -> str | None:
+    """An empty token is refused, not read as "no auth": it is what an unfilled env file or Secret gives."""
+    if token is not None and not token.strip():
+        raise ValueError("empty bearer token (an env file or Secret left unfilled?); set a long random token, "
+                         "e.g. `python -c 'import secrets; print(secrets.token_urlsafe(32))'`, or leave it unset")
+    return token
 
 
 class TlsConfig(ConfigModel):
@@ -88,6 +96,8 @@ class ServerConfig(ConfigModel):
     keepalive_seconds: float = Field(30.0, gt=0)
     """Interval of server keepalive pings on idle connections."""
 
+    _token = field_validator("auth_token")(_check_token)
+
 
 class ClientConfig(ConfigModel):
     """How a service calls another one: deadline, retries, auth."""
@@ -102,6 +112,11 @@ class ClientConfig(ConfigModel):
     """Bearer token sent with every call (must match the server's)."""
     tls_ca_file: Path | None = None
     """PEM root certificates to verify servers with; unset uses plaintext."""
+    tls_server_name: str | None = None
+    """Name the servers' certificates must carry, when it is not the target's host (a target by IP address).
+    Replicas of a `dns:///NAME:PORT` target are checked against NAME without it."""
+
+    _token = field_validator("auth_token")(_check_token)
 
 
 class CommandConfig(ConfigModel):

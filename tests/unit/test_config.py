@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from pydantic import Field
 
-from rlfleet.config import ServiceConfig, load_config
+from rlfleet.config import ConfigError, ServiceConfig, load_config
 
 
 class DemoConfig(ServiceConfig):
@@ -92,3 +92,13 @@ def test_help_lists_field_docstrings(capsys):
         load_config(DemoConfig, ["--help"], environ={})
     out = capsys.readouterr().out
     assert "--server.port" in out and "Items per batch." in out
+
+
+
+@pytest.mark.parametrize("value", ["", "  "])
+def test_an_empty_token_is_refused_not_read_as_no_auth(value):
+    # An env file or Secret left unfilled gives "" (or blanks); read as "no token" it would turn auth off silently.
+    with pytest.raises(ConfigError) as err:
+        load_config(ServiceConfig, [], environ={"RLFLEET_SERVER__AUTH_TOKEN": value})
+    assert "--server.auth-token: empty bearer token" in str(err.value)
+    assert load_config(ServiceConfig, [], environ={"RLFLEET_SERVER__AUTH_TOKEN": "t0ken"}).server.auth_token == "t0ken"
