@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from rlfleet.outcomes import ItemScore, RewardItem, RewardStatus
+from rlfleet.outcomes import ItemScore, RewardInfo, RewardItem, RewardStatus
 
 # RewardItem is the Score RPC's domain type, shared with rlfleet.clients.RewardClient; the reward
 # server's modules may import it from here too.
@@ -30,13 +30,8 @@ class Outcome:
 
 
 @dataclass(frozen=True)
-class RewardSpec:
-    """One reward function the service runs: its component name, weight and where it comes from."""
+class RewardSpec(RewardInfo):
+    """One reward function the service runs: what ListRewards tells clients, and how to call it."""
 
-    name: str
-    weight: float
-    kind: str
-    """"function" (from the user's script), "builtin" or "model"."""
-    description: str = ""
     batched: bool = True
     """True for the TRL form f(prompts, completions, **columns) -> list; False for f(prompt, completion, ...)."""

@@ -1,9 +1,9 @@
 """How a completion ended and how its scoring went: FinishReason, RewardItem, RewardStatus (severity order), ItemScore.
 
 One vocabulary for every service and client: the generator reports a FinishReason, a RewardItem
-is what the reward server scores, it gives every item a RewardStatus, and the learner's pipeline
-combines the ItemScores of several reward services with the same `combine` the reward server uses
-for its functions.
+is what the reward server scores with the functions its RewardInfos describe, it gives every item
+a RewardStatus, and the learner's pipeline combines the ItemScores of several reward services with
+the same `combine` the reward server uses for its functions.
 
 Severity order, least to most severe (an item scored by several functions or services carries the
 most severe status any of them gave it):
@@ -105,6 +105,18 @@ class RewardItem:
     def kwargs(self) -> dict[str, Any]:
         """Keyword arguments a reward function receives for this item (TRL passes columns the same way)."""
         return {**self.columns, "completion_tokens": self.completion_tokens, "finish_reason": self.finish_reason}
+
+
+@dataclass(frozen=True)
+class RewardInfo:
+    """One reward function a reward service runs, as its ListRewards describes it."""
+
+    name: str
+    """Component name, as in ItemScore.components and metric labels."""
+    weight: float
+    kind: str
+    """"function" (from the user's script), "builtin" or "model"."""
+    description: str = ""
 
 
 @dataclass(slots=True)

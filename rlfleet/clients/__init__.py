@@ -18,10 +18,10 @@ from rlfleet.clients.learner import LearnerClient, LearnerStatus, PushResult
 from rlfleet.clients.reference import ReferenceClient, ReferenceInfo, SequenceLogProbs
 from rlfleet.clients.resolve import expand_target, expand_targets, split_target
 from rlfleet.clients.retry import TRANSIENT, Retry, call_with_retry
-from rlfleet.clients.reward import RewardClient, RewardInfo
+from rlfleet.clients.reward import RewardClient
 
 __all__ = [
     "TRANSIENT", "GeneratorClient", "LearnerClient", "LearnerStatus", "PushResult", "ReferenceClient", "ReferenceInfo",
-    "Retry", "RewardClient", "RewardInfo", "SequenceLogProbs", "call_with_retry", "expand_target", "expand_targets",
+    "Retry", "RewardClient", "SequenceLogProbs", "call_with_retry", "expand_target", "expand_targets",
     "make_channel", "make_sync_channel", "split_target",
 ]

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
+from typing import Self
 
 import grpc
 from grpc import aio
@@ -77,6 +78,8 @@ class _StreamStream(_Defaults, aio.StreamStreamClientInterceptor):
 def _options(config: ClientConfig) -> list[tuple[str, object]]:
     options: list[tuple[str, object]] = list(channel_options(config.max_message_bytes))
     options += [("grpc.service_config", service_config(config.max_attempts)), ("grpc.enable_retries", 1)]
+    if config.tls_ca_file and config.tls_server_name:  # the name to verify (and send as SNI) instead of the host
+        options.append(("grpc.ssl_target_name_override", config.tls_server_name))
     return options
 
 
@@ -103,3 +106,21 @@ def make_sync_channel(target: str, config: ClientConfig | None = None) -> grpc.C
 def auth_metadata(config: ClientConfig) -> tuple[tuple[str, str], ...]:
     """Metadata to pass explicitly on sync channels (the async ones add it themselves)."""
     return (("authorization", f"Bearer {config.auth_token}"),) if config.auth_token else ()
+
+
+class ChannelClient:
+    """Base of the typed clients: one channel to `target`, closed by `close()` or by leaving `async with`."""
+
+    def __init__(self, target: str, config: ClientConfig | None = None):
+        self.target = target
+        self.config = config or ClientConfig()
+        self._channel = make_channel(target, self.config)
+
+    async def close(self) -> None:
+        await self._channel.close()
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(self, *exc) -> None:
+        await self.close()

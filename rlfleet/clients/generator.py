@@ -17,7 +17,7 @@ from collections.abc import AsyncIterator, Sequence
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from rlfleet.adapters import AdapterPayload, encode_chunks, load_adapter_method
-from rlfleet.clients.channel import make_channel
+from rlfleet.clients.channel import ChannelClient
 from rlfleet.config import ClientConfig
 from rlfleet.generation import GeneratorInfo, LoadResult, PromptInput, Sampling
 from rlfleet.outcomes import finish_reason_from_proto
@@ -51,13 +51,11 @@ def info_from_proto(msg: generator_pb2.GeneratorInfo) -> GeneratorInfo:
     return GeneratorInfo(**{**values, "loaded_versions": list(msg.loaded_versions)})
 
 
-class GeneratorClient:
+class GeneratorClient(ChannelClient):
     """One generator target over one channel; a call without `timeout` gets the config's `timeout_seconds`."""
 
     def __init__(self, target: str, config: ClientConfig | None = None):
-        self.target = target
-        self.config = config or ClientConfig()
-        self._channel = make_channel(target, self.config)
+        super().__init__(target, config)
         self._stub = generator_pb2_grpc.GeneratorServiceStub(self._channel)
         self._load_adapter = load_adapter_method(self._channel)
 
@@ -85,12 +83,3 @@ class GeneratorClient:
         except Exception:  # noqa: BLE001 - any failure means "not serving"
             return False
         return reply.status == health_pb2.HealthCheckResponse.SERVING
-
-    async def close(self) -> None:
-        await self._channel.close()
-
-    async def __aenter__(self) -> GeneratorClient:
-        return self
-
-    async def __aexit__(self, *exc) -> None:
-        await self.close()

@@ -15,7 +15,7 @@ from typing import TypeVar
 import grpc
 
 from rlfleet.adapters import ReceivedAdapter, receive_adapter
-from rlfleet.clients.channel import make_channel
+from rlfleet.clients.channel import ChannelClient
 from rlfleet.clients.retry import Retry, call_with_retry
 from rlfleet.config import ClientConfig
 from rlfleet.rollouts import Batch, batch_to_proto
@@ -44,13 +44,11 @@ class LearnerStatus:
     generator_versions: dict[str, int]
 
 
-class LearnerClient:
+class LearnerClient(ChannelClient):
     """One learner; a call without `timeout` gets the config's `timeout_seconds`."""
 
     def __init__(self, target: str, config: ClientConfig | None = None):
-        self.target = target
-        self.config = config or ClientConfig()
-        self._channel = make_channel(target, self.config)
+        super().__init__(target, config)
         self._stub = learner_pb2_grpc.LearnerServiceStub(self._channel)
 
     async def push_rollouts(self, batches: Iterable[Batch], timeout: float | None = None) -> PushResult:
@@ -83,12 +81,3 @@ class LearnerClient:
             if err.code() == grpc.StatusCode.NOT_FOUND:
                 return None
             raise
-
-    async def close(self) -> None:
-        await self._channel.close()
-
-    async def __aenter__(self) -> LearnerClient:
-        return self
-
-    async def __aexit__(self, *exc) -> None:
-        await self.close()

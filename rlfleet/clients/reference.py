@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from rlfleet.clients.channel import make_channel
+from rlfleet.clients.channel import ChannelClient
 from rlfleet.clients.retry import Retry, call_with_retry
 from rlfleet.config import ClientConfig
 from rlfleet.rollouts import Group
@@ -36,16 +36,14 @@ class ReferenceInfo:
     max_batch_tokens: int
 
 
-class ReferenceClient:
+class ReferenceClient(ChannelClient):
     """One reference service; `timeout` bounds each LogProbs attempt, `retry` how long a down service is waited for."""
 
     def __init__(self, target: str, config: ClientConfig | None = None, timeout: float | None = None,
                  retry: Retry | None = None):
-        self.target = target
-        self.config = config or ClientConfig()
+        super().__init__(target, config)
         self.timeout = timeout or self.config.timeout_seconds
         self.retry = retry
-        self._channel = make_channel(target, self.config)
         self._stub = reference_pb2_grpc.ReferenceServiceStub(self._channel)
 
     async def logprobs(self, sequences: Sequence[tuple[Sequence[int], int]],
@@ -70,12 +68,3 @@ class ReferenceClient:
         reply = await self._stub.GetInfo(reference_pb2.GetReferenceInfoRequest(), timeout=timeout or self.timeout)
         return ReferenceInfo(reply.model, reply.base_model_id, reply.vocab_size, reply.max_model_len, reply.dtype,
                              reply.max_batch_tokens)
-
-    async def close(self) -> None:
-        await self._channel.close()
-
-    async def __aenter__(self) -> ReferenceClient:
-        return self
-
-    async def __aexit__(self, *exc) -> None:
-        await self.close()

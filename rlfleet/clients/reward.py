@@ -13,23 +13,12 @@ from __future__ import annotations
 import json
 import uuid
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 
-from rlfleet.clients.channel import make_channel
+from rlfleet.clients.channel import ChannelClient
 from rlfleet.clients.retry import Retry, call_with_retry
 from rlfleet.config import ClientConfig
-from rlfleet.outcomes import ItemScore, RewardItem, finish_reason_to_proto, reward_status_from_proto
+from rlfleet.outcomes import ItemScore, RewardInfo, RewardItem, finish_reason_to_proto, reward_status_from_proto
 from rlfleet.v1 import common_pb2, reward_pb2, reward_pb2_grpc
-
-
-@dataclass(frozen=True)
-class RewardInfo:
-    """One reward function a service runs, as ListRewards describes it."""
-
-    name: str
-    weight: float
-    kind: str
-    description: str = ""
 
 
 def item_to_proto(item: RewardItem) -> reward_pb2.RewardItem:
@@ -48,19 +37,17 @@ def scores_from_proto(reply: reward_pb2.ScoreResponse, expected: int) -> list[It
                       r.error) for i, r in enumerate(reply.results)]
 
 
-class RewardClient:
+class RewardClient(ChannelClient):
     """One reward service; `script_version` is the version its last answer reported."""
 
     def __init__(self, target: str, config: ClientConfig | None = None, timeout: float | None = None,
                  retry: Retry | None = None, name: str = ""):
-        self.target = target
+        super().__init__(target, config)
         self.name = name or target
-        self.config = config or ClientConfig()
         self.timeout = timeout or self.config.timeout_seconds
         """Deadline of one Score attempt, in seconds."""
         self.retry = retry
         self.script_version = ""
-        self._channel = make_channel(target, self.config)
         self._stub = reward_pb2_grpc.RewardServiceStub(self._channel)
 
     async def score(self, items: Sequence[RewardItem], on_retry: Callable[[], None] | None = None) -> list[ItemScore]:
@@ -75,12 +62,3 @@ class RewardClient:
         reply = await self._stub.ListRewards(reward_pb2.ListRewardsRequest(), timeout=timeout or self.timeout)
         self.script_version = reply.script_version
         return [RewardInfo(r.name, r.weight, r.kind, r.description) for r in reply.rewards]
-
-    async def close(self) -> None:
-        await self._channel.close()
-
-    async def __aenter__(self) -> RewardClient:
-        return self
-
-    async def __aexit__(self, *exc) -> None:
-        await self.close()

@@ -80,8 +80,9 @@ def test_retry_on_unavailable_is_bounded():
     error, seconds = _reference_call(servicer, Retry(backoff_seconds=0.1, max_backoff_seconds=0.2,
                                                      give_up_after_seconds=1.0))
     assert isinstance(error, grpc.aio.AioRpcError) and error.code() == grpc.StatusCode.UNAVAILABLE
-    # attempts at about 0, 0.1, 0.3, 0.5, 0.7, 0.9 s; the next would start after the 1 s bound
-    assert 4 <= servicer.calls <= 7
+    # attempts at about 0, 0.1, 0.3, 0.5, 0.7, 0.9 s (fewer on a busy machine, never just one); it gives up
+    # once the next wait would pass the 1 s bound, i.e. after at least 1 - 0.2 = 0.8 s
+    assert 2 <= servicer.calls <= 6
     assert 0.8 <= seconds < 2.5
 
 
