@@ -43,10 +43,6 @@ class Retry:
         return cls(seconds, seconds, give_up_after_seconds)
 
 
-def is_transient(err: BaseException) -> bool:
-    return isinstance(err, grpc.aio.AioRpcError) and err.code() in TRANSIENT
-
-
 async def call_with_retry(call: Callable[[float], Awaitable[T]], what: str, timeout: float, retry: Retry | None,
                           on_retry: Callable[[], None] | None = None) -> T:
     """Awaits `call(deadline_seconds)` until it succeeds or fails with a non-transient status (raised at once).
