@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import asyncio
 import os
+import shutil
+import tempfile
 import time
 import urllib.request
 from pathlib import Path
@@ -36,8 +38,8 @@ def _record(pidfile, pid):
     with open(pidfile, "a") as f:
         f.write(f"{pid}\\n")
 
-def hostile(prompt, completion, pidfile=None, **columns):
-    """Misbehaves as the completion asks."""
+def hostile(prompt, completion, pidfile=None, marker="", **columns):
+    """Misbehaves as the completion asks; processes it leaves behind run `sleep MARKER`."""
     if completion == "busy":
         while True:
             pass
@@ -47,15 +49,14 @@ def hostile(prompt, completion, pidfile=None, **columns):
         for _ in range(20):
             pid = os.fork()
             if pid == 0:
-                while True:
-                    time.sleep(1)
+                os.execvp("sleep", ["sleep", marker])
             _record(pidfile, pid)
         while True:
             time.sleep(1)
     if completion == "membomb":
         return len([0] * 2**31)  # 16 GiB of pointers, far past the address-space limit
     if completion == "pipe_holder":  # a grandchild keeps the worker's pipes open after the worker exits
-        child = subprocess.Popen(["sleep", "60"], close_fds=False)
+        child = subprocess.Popen(["sleep", marker], close_fds=False)
         _record(pidfile, child.pid)
         os._exit(0)
     if completion == "os_exit":
@@ -106,18 +107,33 @@ def _metrics(port: int) -> dict:
             for f in text_string_to_metric_families(text) for s in f.samples}
 
 
-def _dead(pid: int) -> bool:
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().split(") ")[1][0] == "Z"
-    except FileNotFoundError:
-        return True
+def _alive(marker: str) -> list[int]:
+    """Live processes of the whole machine running `sleep MARKER` (pids inside a worker's namespace mean nothing here)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        try:
+            if entry.name.isdigit() and marker.encode() in (entry / "cmdline").read_bytes():
+                if (entry / "stat").read_text().rsplit(")", 1)[1].split()[0] != "Z":
+                    found.append(int(entry.name))
+        except OSError:
+            continue
+    return found
+
+
+@pytest.fixture
+def writable() -> Path:
+    """A folder reward code may write to: as root, the tests' workers run as nobody (pytest's tmp_path is root's)."""
+    folder = Path(tempfile.mkdtemp(prefix="rlfleet-reward-"))
+    folder.chmod(0o777)
+    yield folder
+    shutil.rmtree(folder)
 
 
 @pytest.mark.slow
-def test_hostile_items_cost_one_item_each(tmp_path):
+def test_hostile_items_cost_one_item_each(tmp_path, writable):
     script = tmp_path / "hostile.py"
     script.write_text(HOSTILE)
-    pidfile = str(tmp_path / "pids")
+    pidfile, marker = str(writable / "pids"), f"{time.time() % 1000:.6f}"
     config = _config(script, reward=["hostile:1"], workers=2, item_timeout_seconds=1.5,
                      limits=LimitsConfig(address_space_bytes=2 * 1024**3))
     kinds = ["ok", "busy", "gil", "forkbomb", "membomb", "pipe_holder", "os_exit", "segfault", "sys_exit", "nan",
@@ -126,7 +142,7 @@ def test_hostile_items_cost_one_item_each(tmp_path):
     async def run():
         server, core = await _serve(config)
         async with RewardClient(f"127.0.0.1:{server.port}") as client:
-            first = await client.score([_item(k, pidfile=pidfile) for k in kinds])
+            first = await client.score([_item(k, pidfile=pidfile, marker=marker) for k in kinds])
             after = await client.score([_item("abc")])
         scraped = await asyncio.to_thread(_metrics, server.metrics_port)
         await _stop(server, core)
@@ -145,8 +161,8 @@ def test_hostile_items_cost_one_item_each(tmp_path):
     assert got["nan"][0] == INVALID and "not finite" in got["nan"][2] and got["nan"][1] == 0.0
     assert got["text"][0] == INVALID and "not a number" in got["text"][2]
     assert (after[0].status, after[0].reward) == (OK, 3.0)
-    pids = [int(p) for p in Path(pidfile).read_text().split()]
-    assert len(pids) == 21 and all(_dead(p) for p in pids)  # 20 fork-bomb children + the pipe holder
+    assert len(Path(pidfile).read_text().split()) == 21  # 20 fork-bomb children + the pipe holder started ...
+    assert _alive(marker) == []  # ... and none outlived its worker
     restarts = {dict(k[1]).get("reason"): v for k, v in scraped.items() if k[0] == "rlfleet_reward_worker_restarts_total"}
     assert restarts.get("timeout", 0) >= 3 and restarts.get("crash", 0) >= 3
     scored = {dict(k[1])["status"]: v for k, v in scraped.items()
@@ -228,9 +244,9 @@ def test_wrong_length_batch_is_invalid_output_and_version_tracks_script(tmp_path
     assert first_version != second_version
 
 
-def test_retried_request_id_is_scored_once(tmp_path):
+def test_retried_request_id_is_scored_once(tmp_path, writable):
     script = tmp_path / "count.py"
-    log = tmp_path / "calls.log"
+    log = writable / "calls.log"
     script.write_text(f'def counted(prompt, completion, **c):\n    open({str(log)!r}, "a").write("x\\n")\n    return 1.0\n')
 
     async def run():
@@ -248,9 +264,9 @@ def test_retried_request_id_is_scored_once(tmp_path):
     assert log.read_text().count("x") == 2  # two items, scored once in total
 
 
-def test_retry_after_the_first_call_gave_up_shares_the_work(tmp_path):
+def test_retry_after_the_first_call_gave_up_shares_the_work(tmp_path, writable):
     script = tmp_path / "slow.py"
-    log = tmp_path / "calls.log"
+    log = writable / "calls.log"
     script.write_text(f"import time\ndef slow(prompt, completion, **c):\n"
                       f"    open({str(log)!r}, 'a').write('x')\n    time.sleep(1.5)\n    return 1.0\n")
 
