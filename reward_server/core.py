@@ -37,8 +37,7 @@ def score_items(specs: Sequence[RewardSpec], outcomes: dict[str, list[Outcome]],
     component is None gets reward 0.0 with status OK and no components (TRL's nansum does the same).
     """
     columns = [(spec.name, spec.weight, outcomes[spec.name]) for spec in specs]
-    return [combine((name, weight, out[i].score(name)) for name, weight, out in columns)
-            for i in range(n)]
+    return [combine([(name, weight, out[i].score(name)) for name, weight, out in columns]) for i in range(n)]
 
 
 def content_key(request_id: str, items: list[RewardItem]) -> tuple[str, bytes]:

@@ -51,6 +51,9 @@ class RewardStatus(StrEnum):
 _SEVERITY = {RewardStatus.OK: 0, RewardStatus.INVALID_OUTPUT: 1, RewardStatus.ERROR: 2, RewardStatus.TIMEOUT: 3}
 
 
+_OK = RewardStatus.OK
+
+
 def worst(statuses: Iterable[RewardStatus]) -> RewardStatus:
     """The most severe of `statuses` (OK when there are none)."""
     return max(statuses, key=_SEVERITY.__getitem__, default=RewardStatus.OK)
@@ -137,16 +140,19 @@ def combine(parts: Iterable[tuple[str, float, ItemScore]]) -> ItemScore:
     failed part's error named. Components keep their names; one that two parts share is kept as
     `part/name` for the later part. A non-finite total (e.g. 1e308 * 10) is INVALID_OUTPUT.
     """
+    # The reward server calls this once per item of every request: the OK path is kept to one loop.
     components: dict[str, float] = {}
-    errors: list[str] = []
-    status, total = RewardStatus.OK, 0.0
+    failed: list[tuple[str, ItemScore]] = []
+    total = 0.0
     for name, weight, score in parts:
-        if score.status is not RewardStatus.OK:
-            errors.append(f"{name}: {score.error or score.status.name}")
-            status = worst((status, score.status))
+        if score.status is not _OK:
+            failed.append((name, score))
         total += weight * score.reward
         for key, value in score.components.items():
-            components[key if key not in components else f"{name}/{key}"] = value
-    if status is RewardStatus.OK and not math.isfinite(total):
-        status, errors = RewardStatus.INVALID_OUTPUT, [f"weighted total {total} is not finite"]
-    return ItemScore(total if status is RewardStatus.OK else 0.0, components, status, "; ".join(errors))
+            components[f"{name}/{key}" if key in components else key] = value
+    if failed:
+        status = worst(score.status for _, score in failed)
+        return ItemScore(0.0, components, status, "; ".join(f"{n}: {s.error or s.status.name}" for n, s in failed))
+    if not math.isfinite(total):
+        return ItemScore(0.0, components, RewardStatus.INVALID_OUTPUT, f"weighted total {total} is not finite")
+    return ItemScore(total, components)
