@@ -20,7 +20,8 @@ from torch import Tensor
 from learner import metrics
 from learner.config import PushSettings
 from rlfleet.adapters import AdapterPayload
-from rlfleet.clients import GeneratorClient, expand_targets
+from rlfleet.clients import GeneratorClient
+from rlfleet.clients.resolve import expand_replicas, replica_config
 from rlfleet.config import ClientConfig
 
 log = logging.getLogger(__name__)
@@ -59,6 +60,7 @@ class AdapterPusher:
         self.latest: AdapterPayload | None = None
         self._inflight: dict[str, asyncio.Task] = {}
         self._clients: dict[str, GeneratorClient] = {}
+        self._sources: dict[str, str] = {}  # address -> the configured target it was resolved from
 
     async def push(self, payload: AdapterPayload) -> list[PushOutcome]:
         """Makes `payload` the newest version and sends it to every generator not busy with an older push.
@@ -68,7 +70,9 @@ class AdapterPusher:
         the outcomes of the pushes started here, once they (and their catch-ups) are done.
         """
         self.latest = payload
-        targets = await asyncio.to_thread(expand_targets, self.generators)
+        replicas = await asyncio.to_thread(expand_replicas, self.generators)
+        self._sources.update(replicas)
+        targets = list(replicas)
         started = []
         for target in targets:
             if target in self._inflight and not self._inflight[target].done():
@@ -106,7 +110,7 @@ class AdapterPusher:
 
     def _client(self, target: str) -> GeneratorClient:
         if target not in self._clients:
-            self._clients[target] = GeneratorClient(target, self.client)
+            self._clients[target] = GeneratorClient(target, replica_config(self.client, self._sources[target]))
         return self._clients[target]
 
     async def drain(self, timeout: float) -> None:

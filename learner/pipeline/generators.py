@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 
 from learner.pipeline import metrics
 from rlfleet.clients import GeneratorClient, expand_target
+from rlfleet.clients.resolve import replica_config
 from rlfleet.config import ClientConfig
 
 log = logging.getLogger(__name__)
@@ -70,11 +71,12 @@ class GeneratorPool:
 
     async def _resolve(self) -> None:
         self._refreshed = time.monotonic()
-        found = [a for t in self.targets for a in await asyncio.to_thread(expand_target, t)]
-        for address in found:
+        found = {a: t for t in self.targets for a in await asyncio.to_thread(expand_target, t)}
+        for address, target in found.items():
             if address not in self.endpoints:
                 # No retries inside a call: a failed Generate is resubmitted to another generator instead.
-                client = GeneratorClient(address, self.client.model_copy(update={"max_attempts": 1}))
+                config = replica_config(self.client, target).model_copy(update={"max_attempts": 1})
+                client = GeneratorClient(address, config)
                 self.endpoints[address] = Endpoint(address, client)
                 log.info("generator %s joined", address)
         for address in [a for a in self.endpoints if a not in found]:

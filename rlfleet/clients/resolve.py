@@ -3,12 +3,15 @@
 A gRPC channel to `dns:///generator:50051` already round-robins its calls over every address; the
 learner needs the replicas one by one as well, to push each its own copy of an adapter and to
 send each prompt to the least-loaded generator. `expand_target` is resolved again by its callers
-from time to time, so replicas that join or leave while training runs are noticed.
+from time to time, so replicas that join or leave while training runs are noticed. A channel to
+one replica takes `replica_config`, so that with TLS its certificate is still checked against the name.
 """
 
 from __future__ import annotations
 
 import socket
+
+from rlfleet.config import ClientConfig
 
 
 def split_target(target: str) -> tuple[str, str, int]:
@@ -50,4 +53,26 @@ def expand_target(target: str) -> list[str]:
 
 def expand_targets(targets: list[str]) -> list[str]:
     """`expand_target` over several targets, each address once, in order."""
-    return list(dict.fromkeys(address for target in targets for address in expand_target(target)))
+    return list(expand_replicas(targets))
+
+
+def expand_replicas(targets: list[str]) -> dict[str, str]:
+    """Every address of `targets` (as `expand_targets`), mapped to the target it came from (the first, if several)."""
+    replicas: dict[str, str] = {}
+    for target in targets:
+        for address in expand_target(target):
+            replicas.setdefault(address, target)
+    return replicas
+
+
+def replica_config(config: ClientConfig, target: str) -> ClientConfig:
+    """`config` for a channel to one address that `target` expanded to.
+
+    With TLS, a replica of `dns:///NAME:PORT` is reached by its IP address, which its certificate does
+    not name: the channel must check the certificate against NAME (`ClientConfig.tls_server_name`),
+    as a channel to the name itself would.
+    """
+    scheme, host, _ = split_target(target)
+    if config.tls_ca_file is None or config.tls_server_name or scheme != "dns":
+        return config
+    return config.model_copy(update={"tls_server_name": host})

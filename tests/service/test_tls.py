@@ -9,10 +9,17 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
+from learner.config import PushSettings
+from learner.pipeline.generators import GeneratorPool
+from learner.push import AdapterPusher, serialise_adapter
+from rlfleet.adapters import AdapterAssembler
 from rlfleet.cli import run_command
-from rlfleet.config import ServerConfig, TlsConfig
+from rlfleet.clients import GeneratorClient
+from rlfleet.config import ClientConfig, ServerConfig, TlsConfig
 from rlfleet.server import GrpcServer
+from rlfleet.v1 import generator_pb2, generator_pb2_grpc
 
 
 def _write_cert(folder: Path, name: str) -> tuple[Path, Path]:
@@ -47,10 +54,21 @@ def localhost_cert(tmp_path_factory) -> tuple[Path, Path]:
     return _write_cert(tmp_path_factory.mktemp("tls"), "localhost")
 
 
+class Sink(generator_pb2_grpc.GeneratorServiceServicer):
+    """A LoadAdapter endpoint that acknowledges every adapter it receives."""
+
+    async def LoadAdapter(self, request_iterator, context):
+        assembler = AdapterAssembler()
+        async for chunk in request_iterator:
+            assembler.add(chunk)
+        return generator_pb2.LoadAdapterResponse(policy_version=assembler.finish().policy_version)
+
+
 async def _tls_server(cert_file: Path, key_file: Path, **kwargs) -> GrpcServer:
     server = GrpcServer(ServerConfig(host="127.0.0.1", port=0, tls=TlsConfig(cert_file=cert_file, key_file=key_file),
                                      **kwargs), name="tls")
-    await server.start([])
+    server.add_servicer(generator_pb2_grpc.add_GeneratorServiceServicer_to_server, Sink())
+    await server.start(["rlfleet.v1.GeneratorService"])
     await server.set_ready()
     return server
 
@@ -98,3 +116,32 @@ def test_rlfleet_health_tls_options_from_the_environment_and_a_missing_ca(localh
     assert missing.returncode == 2
     assert missing.stderr.strip() == (f"rlfleet health: error: --tls-ca: CA certificate file {tmp_path / 'nope.pem'} "
                                       "does not exist")
+
+
+def test_replicas_of_a_dns_target_are_verified_against_its_name(localhost_cert):
+    """Push and the pipeline reach each replica of dns:///localhost by IP; the certificate names only localhost."""
+    cert_file, key_file = localhost_cert
+    tensors = {"base_model.model.layers.0.q_proj.lora_A.weight": torch.ones(2, 3)}
+    payload = serialise_adapter('{"peft_type": "LORA", "r": 2}', tensors, policy_version=5, base_model_id="abc")
+    client = ClientConfig(tls_ca_file=cert_file, max_attempts=1)
+
+    async def run():
+        server = await _tls_server(cert_file, key_file)
+        address = f"127.0.0.1:{server.port}"
+        pusher = AdapterPusher([f"dns:///localhost:{server.port}"], PushSettings(timeout_seconds=5), client)
+        pushed = await pusher.push(payload)
+        await pusher.close()
+        pool = GeneratorPool([f"dns:///localhost:{server.port}"], client)
+        await pool.refresh(force=True)
+        pool_serving = {a: await e.client.serving() for a, e in pool.endpoints.items()}
+        for endpoint in pool.endpoints.values():
+            await endpoint.client.close()
+        async with GeneratorClient(address, client) as by_address:  # what the replicas got before: no name
+            bare_serving = await by_address.serving()
+        await server.stop(0)
+        return address, pushed, pool_serving, bare_serving
+
+    address, pushed, pool_serving, bare_serving = asyncio.run(run())
+    assert [(o.target, o.ok, o.error) for o in pushed] == [(address, True, "")]
+    assert pool_serving == {address: True}
+    assert bare_serving is False  # the control: by address alone, the certificate check fails
