@@ -16,7 +16,7 @@ from pathlib import Path
 from generator import metrics
 from generator.config import GeneratorConfig
 from generator.engines import Engine, EngineRequest, make_engine
-from generator.policy import BaseModelShapes, PolicyVersions, check_adapter
+from generator.policy import BaseModelShapes, LoadedVersion, PolicyVersions, check_adapter
 from generator.prompts import PromptRenderer
 from generator.rollouts import GenerateBatch, GroupResult, TokenizedPrompt
 from rlfleet.adapters import (
@@ -85,12 +85,12 @@ class Generator:
         prompts = [self.prompts.render(i, p) for i, p in enumerate(batch.prompts)]
         self._admit(len(prompts))
         try:
-            version = self.versions.acquire(batch.policy_version)
+            adapter = self.versions.acquire(batch.policy_version)
         except BaseException:
             self._leave(len(prompts))
             raise
         call_id = uuid.uuid4().hex[:12]
-        tasks = {asyncio.ensure_future(self._run_group(f"{call_id}-{i}", i, p, batch.sampling, version)): i
+        tasks = {asyncio.ensure_future(self._run_group(f"{call_id}-{i}", i, p, batch.sampling, adapter)): i
                  for i, p in enumerate(prompts)}
         try:
             for next_done in asyncio.as_completed(tasks):
@@ -104,7 +104,7 @@ class Generator:
                 # requests whose cancellation has not reached the engine yet.
                 await asyncio.shield(self.engine.abort([f"{call_id}-{tasks[t]}" for t in pending]))
             self._leave(len(prompts))
-            self.versions.release(version)
+            self.versions.release(adapter)
             self._retire_soon()
 
     def _check_sampling(self, s: Sampling) -> None:
@@ -143,14 +143,14 @@ class Generator:
         metrics.IN_FLIGHT.set(self._in_flight)
 
     async def _run_group(self, request_id: str, index: int, prompt: TokenizedPrompt, sampling: Sampling,
-                         version: int) -> GroupResult:
+                         adapter: LoadedVersion) -> GroupResult:
         # The model's length bounds the completion: a longer ask ends with finish_reason "length".
         room = self.engine.max_model_len - len(prompt.prompt_ids)
         sampling = dataclasses.replace(sampling, max_tokens=min(sampling.max_tokens, room),
                                        min_tokens=min(sampling.min_tokens, room))
         start = time.perf_counter()
         try:
-            output = await self.engine.generate(EngineRequest(request_id, prompt.prompt_ids, sampling, version))
+            output = await self.engine.generate(EngineRequest(request_id, prompt.prompt_ids, sampling, adapter.adapter_id))
         except asyncio.CancelledError:
             metrics.REQUESTS.labels("aborted").inc()
             raise
@@ -165,7 +165,7 @@ class Generator:
         for completion in output.completions:
             metrics.TOKENS_GENERATED.inc(len(completion.token_ids))
             metrics.COMPLETIONS.labels(completion.finish_reason).inc()
-        return GroupResult(index, prompt, output.completions, version)
+        return GroupResult(index, prompt, output.completions, adapter.version)
 
     # -- Adapters ----------------------------------------------------------------------------------
 
@@ -173,21 +173,26 @@ class Generator:
         """Verifies, writes and loads an adapter as the newest version; the previous one serves if it fails.
 
         `received_at` is the perf_counter time of the adapter's first chunk. A version is immutable:
-        re-sending the serving version is acknowledged without reloading it.
+        re-sending a loaded version of the serving run is acknowledged without reloading only when it
+        is the same adapter (checksum and base model), and refused otherwise. The first version of
+        another learner run is loaded whatever its number, and the old run's versions are dropped.
         """
-        version, nbytes = payload.policy_version, payload.nbytes  # a staged file is moved away below
+        version, nbytes, digest = payload.policy_version, payload.nbytes, payload.checksum  # the file moves below
         async with self._adapter_lock:
-            if version == self.versions.newest:
+            loaded = self.versions.find(payload.run_id, version)
+            if loaded is not None:
+                self._check_same(loaded, payload, digest)
                 return LoadResult(version, time.perf_counter() - received_at, self.versions.loaded)
             marks = [time.perf_counter()]
             try:
                 self._check_new(payload)
+                entry = self.versions.new_entry(payload.run_id, version, digest, payload.base_model_id)
                 # Not fsynced: after a crash the generator pulls the current adapter from the learner again.
-                path = await asyncio.to_thread(write_adapter_dir, payload, self.adapter_dir / f"v{version:010d}",
+                path = await asyncio.to_thread(write_adapter_dir, payload, self.adapter_dir / entry.folder,
                                                durable=False)
                 marks.append(time.perf_counter())
                 try:
-                    await self.engine.load_adapter(version, path)
+                    await self.engine.load_adapter(entry.adapter_id, path)
                 except Rejected:
                     shutil.rmtree(path, ignore_errors=True)
                     raise
@@ -195,7 +200,11 @@ class Generator:
                 metrics.ADAPTER_LOADS.labels("rejected").inc()
                 raise
             marks.append(time.perf_counter())
-            self.versions.add(version)
+            previous_run = self.versions.run_id
+            dropped = self.versions.add(entry)
+        if dropped:
+            log.warning("learner run %r replaces run %r: its versions %s no longer serve new requests",
+                        payload.run_id, previous_run, dropped)
         # The new version serves from here on; the tidy-up runs after the reply, because under load
         # vLLM handles it between engine steps and it took seconds (it does not change what is served).
         self._tidy_soon(version)
@@ -209,22 +218,37 @@ class Generator:
                  marks[2] - marks[1], nbytes)
         return LoadResult(version, seconds, self.versions.loaded)
 
+    @staticmethod
+    def _check_same(loaded: LoadedVersion, payload: AdapterPayload, digest: str) -> None:
+        """A re-sent version must be the adapter already loaded under that number."""
+        differ = [f"{name} {ours!r} != {theirs!r}" for name, ours, theirs in (
+            ("header.xxh3_128", loaded.checksum, digest), ("header.base_model_id", loaded.base_model_id,
+                                                            payload.base_model_id)) if ours != theirs]
+        if differ:
+            metrics.ADAPTER_LOADS.labels("rejected").inc()
+            raise Rejected(f"header.policy_version: version {loaded.version} of learner run {loaded.run_id!r} is "
+                           f"already loaded with other weights ({'; '.join(differ)}); a version is immutable: "
+                           "push a new version number")
+
     def _check_new(self, payload: AdapterPayload) -> None:
-        if payload.policy_version < self.versions.newest:
+        if payload.run_id in self.versions.replaced_runs:
+            raise Rejected(f"header.run_id: learner run {payload.run_id!r} was replaced by run "
+                           f"{self.versions.replaced_runs[payload.run_id]!r}; its adapters are no longer taken")
+        if payload.run_id == self.versions.run_id and payload.policy_version < self.versions.newest:
             raise Rejected(f"header.policy_version: {payload.policy_version} is older than the serving "
                            f"version {self.versions.newest}")
         check_adapter(payload, self.base_model_id, self.shapes, self.config.max_lora_rank)
 
     async def _retire(self) -> None:
-        """Unloads versions outside the K newest that no request uses any more."""
-        for version in self.versions.retirable():
-            self.versions.remove(version)
-            await self.engine.unload_adapter(version)
-            folder = self.adapter_dir / f"v{version:010d}"
+        """Unloads versions outside the K newest, or of an earlier learner run, that no request uses any more."""
+        for entry in self.versions.retirable():
+            self.versions.remove(entry)
+            await self.engine.unload_adapter(entry.adapter_id)
+            folder = self.adapter_dir / entry.folder
             keep_as_spare(folder / WEIGHTS_FILE, self.staging_dir)  # the next push writes over its pages
             shutil.rmtree(folder, ignore_errors=True)
-            log.info("unloaded policy v%d", version)
-        metrics.LOADED_VERSIONS.set(len(self.versions.loaded))
+            log.info("unloaded policy v%d of run %r", entry.version, entry.run_id)
+        metrics.LOADED_VERSIONS.set(self.versions.engine_count)
 
     def _tidy_soon(self, version: int) -> None:
         """In the background: reset the prefix cache and unload versions no request needs any more."""

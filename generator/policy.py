@@ -77,56 +77,118 @@ def _check_tensor(name: str, shape: list[int], rank: int, targets: set[str], sha
                        f"(rank {rank}, layer {out_features}x{in_features})")
 
 
+@dataclass(frozen=True)
+class LoadedVersion:
+    """One adapter in the engine: a policy version of one learner run, under the engine's own id."""
+
+    run_id: str
+    version: int
+    adapter_id: int       # the engine's key: unique in this process, never reused (0 = the base model)
+    checksum: str
+    base_model_id: str
+    folder: str = ""      # where its PEFT folder lives under the generator's adapter_dir
+
+
+BASE = LoadedVersion(run_id="", version=0, adapter_id=0, checksum="", base_model_id="")
+
+
 class PolicyVersions:
-    """Loaded adapter versions, the K newest of which serve new requests, with per-version use counts.
+    """Loaded adapter versions, the K newest of which serve new requests, with per-adapter use counts.
 
     A version leaves the engine only when it is outside the K newest AND no request uses it, so a
     request always finishes on the version it started with (TRL PR #7017's failure mode).
+
+    Versions belong to one learner run (`run_id`): a version number names one set of weights only
+    within its run, because a learner restarted from a checkpoint trains versions it may already
+    have pushed, with other weights. The first version of a new run makes every version of the
+    old one unservable (each is unloaded once no request uses it), whatever the numbers.
+    Engine ids are distinct from versions for that reason: two runs' v5 can be loaded at once.
     """
 
     def __init__(self, keep_versions: int):
         self.keep_versions = keep_versions
-        self._loaded: list[int] = []          # ascending
-        self._in_use: Counter[int] = Counter()
+        self.run_id: str | None = None        # the run serving new requests; None until the first adapter
+        self._loaded: list[LoadedVersion] = []   # this run's, ascending by version
+        self._old_runs: list[LoadedVersion] = []  # earlier runs', waiting for their requests to end
+        self._in_use: Counter[int] = Counter()   # by adapter_id
+        self._next_id = 1
+        self.replaced_runs: dict[str, str] = {}   # run id -> the run that replaced it (a learner that
+        # outlived its replacement must not take the generators back: no flip-flop between two learners)
 
     @property
     def newest(self) -> int:
         """The version serving new requests; 0 = the base model."""
-        return self._loaded[-1] if self._loaded else 0
+        return self._loaded[-1].version if self._loaded else 0
 
     @property
     def loaded(self) -> list[int]:
-        return list(self._loaded)
+        """This run's loaded versions, ascending."""
+        return [entry.version for entry in self._loaded]
 
     @property
     def servable(self) -> list[int]:
         """Versions a new request may ask for: the K newest (0, the base model, always)."""
-        return self._loaded[-self.keep_versions:]
+        return self.loaded[-self.keep_versions:]
 
-    def acquire(self, version: int | None) -> int:
+    def find(self, run_id: str, version: int) -> LoadedVersion | None:
+        """The loaded version `version` of run `run_id`, if the engine holds it for the current run."""
+        if run_id != self.run_id:
+            return None
+        return next((entry for entry in self._loaded if entry.version == version), None)
+
+    def new_entry(self, run_id: str, version: int, checksum: str, base_model_id: str) -> LoadedVersion:
+        """A LoadedVersion with a fresh engine id (for `add` once the engine has loaded it)."""
+        adapter_id, self._next_id = self._next_id, self._next_id + 1
+        return LoadedVersion(run_id, version, adapter_id, checksum, base_model_id, f"a{adapter_id:06d}-v{version}")
+
+    def acquire(self, version: int | None) -> LoadedVersion:
         """Marks a request as using `version` (None = newest) and returns it; NotFound if not servable."""
         chosen = self.newest if version is None else version
-        if chosen != 0 and chosen not in self.servable:
+        if chosen == 0:
+            entry = BASE
+        elif chosen in self.servable:
+            entry = next(e for e in self._loaded if e.version == chosen)
+        else:
             raise NotFound(f"policy_version: {chosen} is not loaded; servable versions: {[0, *self.servable]}")
-        self._in_use[chosen] += 1
-        return chosen
+        self._in_use[entry.adapter_id] += 1
+        return entry
 
-    def release(self, version: int) -> None:
-        self._in_use[version] -= 1
-        if self._in_use[version] <= 0:
-            del self._in_use[version]
+    def release(self, entry: LoadedVersion) -> None:
+        self._in_use[entry.adapter_id] -= 1
+        if self._in_use[entry.adapter_id] <= 0:
+            del self._in_use[entry.adapter_id]
 
-    def add(self, version: int) -> None:
-        if self._loaded and version <= self._loaded[-1]:
-            raise ValueError(f"version {version} is not newer than {self._loaded[-1]}")
-        self._loaded.append(version)
+    def add(self, entry: LoadedVersion) -> list[int]:
+        """Makes `entry` the newest version; returns the versions of the run it replaces (if it starts a new one)."""
+        dropped = []
+        if entry.run_id != self.run_id:
+            dropped = self.loaded
+            self._old_runs += self._loaded
+            if self.run_id is not None:
+                self.replaced_runs[self.run_id] = entry.run_id
+            self._loaded, self.run_id = [], entry.run_id
+        elif entry.version <= self.newest:
+            raise ValueError(f"version {entry.version} is not newer than {self.newest}")
+        self._loaded.append(entry)
+        return dropped
 
-    def retirable(self) -> list[int]:
-        """Versions outside the K newest that no request uses: safe to unload now."""
-        return [v for v in self._loaded[:-self.keep_versions] if self._in_use[v] == 0]
+    def retirable(self) -> list[LoadedVersion]:
+        """Adapters outside this run's K newest, or of an earlier run, that no request uses: safe to unload now."""
+        candidates = self._old_runs + self._loaded[:-self.keep_versions]
+        return [entry for entry in candidates if self._in_use[entry.adapter_id] == 0]
 
-    def remove(self, version: int) -> None:
-        self._loaded.remove(version)
+    def remove(self, entry: LoadedVersion) -> None:
+        if entry in self._old_runs:
+            self._old_runs.remove(entry)
+        else:
+            self._loaded.remove(entry)
 
     def in_use(self, version: int) -> int:
-        return self._in_use[version]
+        """Requests using this run's `version` (0 = the base model)."""
+        entry = BASE if version == 0 else next((e for e in self._loaded if e.version == version), None)
+        return self._in_use[entry.adapter_id] if entry is not None else 0
+
+    @property
+    def engine_count(self) -> int:
+        """Adapters the engine holds, of every run."""
+        return len(self._loaded) + len(self._old_runs)

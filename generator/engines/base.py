@@ -12,12 +12,12 @@ from rlfleet.generation import Sampling
 
 @dataclass(frozen=True)
 class EngineRequest:
-    """One prompt's worth of work: n samples of the same prompt ids, on one adapter version."""
+    """One prompt's worth of work: n samples of the same prompt ids, on one adapter."""
 
     request_id: str
     prompt_ids: list[int]          # [P]
     sampling: Sampling
-    adapter_version: int = 0       # 0 = base model
+    adapter_id: int = 0            # the generator's id of a loaded adapter (not a policy version); 0 = base model
 
 
 @dataclass(frozen=True)
@@ -29,7 +29,11 @@ class EngineStats:
 
 
 class Engine(ABC):
-    """A generation backend with versioned LoRA adapters (load / unload by policy version)."""
+    """A generation backend with LoRA adapters loaded and unloaded by id.
+
+    The ids are the generator's (generator.policy.LoadedVersion.adapter_id): unique in the process and
+    never reused, so two learner runs' adapters of the same policy version never share one.
+    """
 
     name: str
     max_model_len: int
@@ -44,12 +48,12 @@ class Engine(ABC):
         """Stops requests still running; unknown or finished ids are ignored."""
 
     @abstractmethod
-    async def load_adapter(self, version: int, path: Path) -> None:
-        """Loads the PEFT folder at `path` as adapter `version`; raises Rejected if the engine refuses it."""
+    async def load_adapter(self, adapter_id: int, path: Path) -> None:
+        """Loads the PEFT folder at `path` as adapter `adapter_id`; raises Rejected if the engine refuses it."""
 
     @abstractmethod
-    async def unload_adapter(self, version: int) -> None:
-        """Frees adapter `version`; no request may use it any more."""
+    async def unload_adapter(self, adapter_id: int) -> None:
+        """Frees adapter `adapter_id`; no request may use it any more."""
 
     @abstractmethod
     async def reset_prefix_cache(self) -> bool:

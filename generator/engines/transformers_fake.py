@@ -1,7 +1,7 @@
 """A FAKE engine for unit tests only: plain transformers + PEFT, no KV cache, no batching. Never serve with it.
 
 It implements the same Engine interface as vLLM (groups of n, raw log-probs, seeds, stop strings,
-adapters by version, abort) so the core's own logic can be tested in seconds without starting vLLM.
+adapters by id, abort) so the core's own logic can be tested in seconds without starting vLLM.
 """
 
 from __future__ import annotations
@@ -61,7 +61,7 @@ class TransformersFakeEngine(Engine):
             if request.request_id in self._aborted:
                 finish = FinishReason.ABORT
                 break
-            logits = await self._next_logits(request.prompt_ids + token_ids, request.adapter_version)  # [V]
+            logits = await self._next_logits(request.prompt_ids + token_ids, request.adapter_id)  # [V]
             token = _pick(logits, s, rng)
             token_ids.append(token)
             logprobs.append(float(logits.double().log_softmax(-1)[token]))   # raw: before temperature
@@ -75,17 +75,17 @@ class TransformersFakeEngine(Engine):
             text = text.split(stop, 1)[0]
         return Completion(token_ids, logprobs if s.logprobs else [], finish, text)
 
-    async def _next_logits(self, ids: list[int], version: int):
+    async def _next_logits(self, ids: list[int], adapter_id: int):
         import torch
 
         async with self._lock:
             def forward():
                 with torch.no_grad():
-                    if version == 0 and self._model is not self._base:
+                    if adapter_id == 0 and self._model is not self._base:
                         with self._model.disable_adapter():
                             return self._model(torch.tensor([ids])).logits[0, -1]
-                    if version:
-                        self._model.set_adapter(f"v{version}")
+                    if adapter_id:
+                        self._model.set_adapter(f"a{adapter_id}")
                     return self._model(torch.tensor([ids])).logits[0, -1]
             await asyncio.sleep(0)   # let aborts and other requests in between tokens
             return await asyncio.to_thread(forward)
@@ -93,19 +93,19 @@ class TransformersFakeEngine(Engine):
     async def abort(self, request_ids: list[str]) -> None:
         self._aborted.update(r for r in request_ids if r in self._running)
 
-    async def load_adapter(self, version: int, path: Path) -> None:
+    async def load_adapter(self, adapter_id: int, path: Path) -> None:
         from peft import PeftModel
 
         async with self._lock:
             if self._model is self._base:
                 self._model = await asyncio.to_thread(PeftModel.from_pretrained, self._base, str(path),
-                                                      adapter_name=f"v{version}")
+                                                      adapter_name=f"a{adapter_id}")
             else:
-                await asyncio.to_thread(self._model.load_adapter, str(path), adapter_name=f"v{version}")
+                await asyncio.to_thread(self._model.load_adapter, str(path), adapter_name=f"a{adapter_id}")
 
-    async def unload_adapter(self, version: int) -> None:
+    async def unload_adapter(self, adapter_id: int) -> None:
         async with self._lock:
-            self._model.delete_adapter(f"v{version}")
+            self._model.delete_adapter(f"a{adapter_id}")
 
     async def reset_prefix_cache(self) -> bool:
         return True   # no cache

@@ -85,19 +85,19 @@ class VllmEngine(Engine):
             # One message per prompt once all n samples are done: a group is only useful whole.
             output_kind=RequestOutputKind.FINAL_ONLY)
 
-    def _lora(self, version: int):
-        if version == 0:
+    def _lora(self, adapter_id: int):
+        if adapter_id == 0:
             return None
         from vllm.lora.request import LoRARequest
 
-        return LoRARequest(f"policy-v{version}", version, self._adapter_paths[version])
+        return LoRARequest(f"adapter-{adapter_id}", adapter_id, self._adapter_paths[adapter_id])
 
     async def generate(self, request: EngineRequest) -> EngineOutput:
         final = None
         # AsyncLLM.generate aborts the request itself when this task is cancelled.
         async for output in self._llm.generate(
                 {"prompt_token_ids": request.prompt_ids}, self._sampling_params(request.sampling),
-                request.request_id, lora_request=self._lora(request.adapter_version)):
+                request.request_id, lora_request=self._lora(request.adapter_id)):
             final = output
         assert final is not None, "vLLM finished a request without any output"
         completions = [_completion(c, request.sampling.logprobs) for c in sorted(final.outputs, key=lambda c: c.index)]
@@ -107,18 +107,18 @@ class VllmEngine(Engine):
     async def abort(self, request_ids: list[str]) -> None:
         await self._llm.abort(request_ids)
 
-    async def load_adapter(self, version: int, path: Path) -> None:
+    async def load_adapter(self, adapter_id: int, path: Path) -> None:
         from vllm.lora.request import LoRARequest
 
         try:
-            await self._llm.add_lora(LoRARequest(f"policy-v{version}", version, str(path)))
+            await self._llm.add_lora(LoRARequest(f"adapter-{adapter_id}", adapter_id, str(path)))
         except Exception as err:  # vLLM raises a bare Exception carrying the worker's message
-            raise Rejected(f"adapter v{version}: vLLM refused it: {err}") from err
-        self._adapter_paths[version] = str(path)
+            raise Rejected(f"adapter {path.name}: vLLM refused it: {err}") from err
+        self._adapter_paths[adapter_id] = str(path)
 
-    async def unload_adapter(self, version: int) -> None:
-        await self._llm.remove_lora(version)
-        self._adapter_paths.pop(version, None)
+    async def unload_adapter(self, adapter_id: int) -> None:
+        await self._llm.remove_lora(adapter_id)
+        self._adapter_paths.pop(adapter_id, None)
 
     async def reset_prefix_cache(self) -> bool:
         return await self._llm.reset_prefix_cache()

@@ -18,12 +18,12 @@ from rlfleet.adapters.payload import (
 )
 from rlfleet.adapters.receive import AdapterAssembler, ReceivedAdapter, receive_adapter
 from rlfleet.adapters.spool import SPARE_PREFIX, keep_as_spare
-from rlfleet.adapters.weights import check_safetensors
+from rlfleet.adapters.weights import check_lora_config, check_safetensors, check_weights
 from rlfleet.adapters.wire import DEFAULT_CHUNK_BYTES, decode_chunk, encode_chunks, load_adapter_method, to_chunks
 
 __all__ = [
     "CONFIG_FILE", "DEFAULT_CHUNK_BYTES", "SPARE_PREFIX", "WEIGHTS_FILE", "AdapterAssembler", "AdapterPayload",
-    "ReceivedAdapter", "adapter_from_dir", "base_model_id", "check_safetensors", "checksum", "decode_chunk",
-    "encode_chunks", "keep_as_spare", "load_adapter_method", "receive_adapter", "resolve_model_dir", "to_chunks",
-    "write_adapter_dir",
+    "ReceivedAdapter", "adapter_from_dir", "base_model_id", "check_lora_config", "check_safetensors", "check_weights",
+    "checksum", "decode_chunk", "encode_chunks", "keep_as_spare", "load_adapter_method", "receive_adapter",
+    "resolve_model_dir", "to_chunks", "write_adapter_dir",
 ]

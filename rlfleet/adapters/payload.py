@@ -45,6 +45,7 @@ class AdapterPayload:
     base_model_id: str
     config_json: str
     weights: bytes | Path
+    run_id: str = ""    # the learner run that produced it: a version number means one set of weights per run
 
     @functools.cached_property
     def checksum(self) -> str:
@@ -69,11 +70,11 @@ class AdapterPayload:
         return check_safetensors(self.weights)
 
 
-def adapter_from_dir(path: str | Path, policy_version: int, base_model_id: str) -> AdapterPayload:
+def adapter_from_dir(path: str | Path, policy_version: int, base_model_id: str, run_id: str = "") -> AdapterPayload:
     """Reads a folder written by PEFT's `save_pretrained` (safetensors format)."""
     path = Path(path)
     return AdapterPayload(policy_version, base_model_id, (path / CONFIG_FILE).read_text(),
-                          (path / WEIGHTS_FILE).read_bytes())
+                          (path / WEIGHTS_FILE).read_bytes(), run_id)
 
 
 def write_adapter_dir(payload: AdapterPayload, dest: str | Path, durable: bool = True) -> Path:

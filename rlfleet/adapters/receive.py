@@ -1,4 +1,4 @@
-"""The receiving side of an adapter stream: order, size and checksum checks, and the one read loop that uses them."""
+"""The receiving side of an adapter stream: order, size, checksum and content checks, and the one read loop that uses them."""
 
 from __future__ import annotations
 
@@ -14,6 +14,7 @@ import xxhash
 
 from rlfleet.adapters.payload import AdapterPayload
 from rlfleet.adapters.spool import Spool
+from rlfleet.adapters.weights import check_lora_config, check_weights
 from rlfleet.adapters.wire import decode_chunk
 from rlfleet.errors import InvalidRequest
 from rlfleet.v1 import common_pb2
@@ -75,9 +76,11 @@ class AdapterAssembler:
             raise InvalidRequest("header.adapter_config_json", f"not JSON: {err.msg}") from None
         if not isinstance(config, dict) or config.get("peft_type", "LORA") != "LORA" or "r" not in config:
             raise InvalidRequest("header.adapter_config_json", "not a PEFT LoRA config (needs peft_type LORA and r)")
+        check_lora_config(config)
 
     def finish(self) -> AdapterPayload:
-        """The complete payload; raises InvalidRequest when bytes are missing or the checksum differs.
+        """The complete payload; raises InvalidRequest when bytes are missing, the checksum differs, or
+        the weights are malformed or not all finite (`check_weights`).
 
         Blocks until a spooled stream is on disk: call it from a thread in async code.
         """
@@ -92,8 +95,9 @@ class AdapterAssembler:
             if digest != self.header.xxh3_128.lower():
                 raise InvalidRequest("header.xxh3_128", f"checksum mismatch: payload hashes to {digest}")
             payload = AdapterPayload(self.header.policy_version, self.header.base_model_id,
-                                     self.header.adapter_config_json, weights)
-            payload.tensor_table()
+                                     self.header.adapter_config_json, weights, self.header.run_id)
+            payload.__dict__["checksum"] = digest  # its cached_property: the stream was just hashed
+            check_weights(weights)
         except BaseException:
             self.discard()
             raise

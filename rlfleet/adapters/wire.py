@@ -22,7 +22,8 @@ _DATA_KEY = (2 << 3) | 2
 def _header(payload: AdapterPayload) -> common_pb2.AdapterHeader:
     return common_pb2.AdapterHeader(
         policy_version=payload.policy_version, base_model_id=payload.base_model_id,
-        adapter_config_json=payload.config_json, total_bytes=payload.nbytes, xxh3_128=payload.checksum)
+        adapter_config_json=payload.config_json, total_bytes=payload.nbytes, xxh3_128=payload.checksum,
+        run_id=payload.run_id)
 
 
 def to_chunks(payload: AdapterPayload, chunk_bytes: int = DEFAULT_CHUNK_BYTES) -> Iterator[common_pb2.AdapterChunk]:

@@ -136,18 +136,20 @@ class RolloutBatch(_message.Message):
     def __init__(self, batch_id: _Optional[str] = ..., producer: _Optional[str] = ..., groups: _Optional[_Iterable[_Union[RolloutGroup, _Mapping]]] = ...) -> None: ...
 
 class AdapterHeader(_message.Message):
-    __slots__ = ("policy_version", "base_model_id", "adapter_config_json", "total_bytes", "xxh3_128")
+    __slots__ = ("policy_version", "base_model_id", "adapter_config_json", "total_bytes", "xxh3_128", "run_id")
     POLICY_VERSION_FIELD_NUMBER: _ClassVar[int]
     BASE_MODEL_ID_FIELD_NUMBER: _ClassVar[int]
     ADAPTER_CONFIG_JSON_FIELD_NUMBER: _ClassVar[int]
     TOTAL_BYTES_FIELD_NUMBER: _ClassVar[int]
     XXH3_128_FIELD_NUMBER: _ClassVar[int]
+    RUN_ID_FIELD_NUMBER: _ClassVar[int]
     policy_version: int
     base_model_id: str
     adapter_config_json: str
     total_bytes: int
     xxh3_128: str
-    def __init__(self, policy_version: _Optional[int] = ..., base_model_id: _Optional[str] = ..., adapter_config_json: _Optional[str] = ..., total_bytes: _Optional[int] = ..., xxh3_128: _Optional[str] = ...) -> None: ...
+    run_id: str
+    def __init__(self, policy_version: _Optional[int] = ..., base_model_id: _Optional[str] = ..., adapter_config_json: _Optional[str] = ..., total_bytes: _Optional[int] = ..., xxh3_128: _Optional[str] = ..., run_id: _Optional[str] = ...) -> None: ...
 
 class AdapterChunk(_message.Message):
     __slots__ = ("header", "data")

@@ -23,7 +23,9 @@ from rlfleet.v1 import common_pb2
 
 def _payload(n: int = 5000) -> AdapterPayload:
     header = json.dumps({"w": {"dtype": "F32", "shape": [n // 4], "data_offsets": [0, n // 4 * 4]}}).encode()
-    weights = struct.pack("<Q", len(header)) + header + bytes(range(256)) * (n // 256) + b"x" * (n % 256)
+    # Bytes below 0x80 never set a float32's whole exponent (its top byte's low 7 bits and the next
+    # byte's high bit): every value is finite, as the receiver requires.
+    weights = struct.pack("<Q", len(header)) + header + bytes(range(128)) * (n // 128) + b"x" * (n % 128)
     return AdapterPayload(3, "base123", json.dumps({"peft_type": "LORA", "r": 4}), weights)
 
 

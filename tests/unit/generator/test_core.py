@@ -86,7 +86,7 @@ def test_in_flight_call_keeps_its_version_and_it_is_unloaded_after(tiny_model_di
     assert loaded_during == [[1, 2], [1, 2, 3]]   # v1 stays while in use
     assert groups[0].policy_version == 1 and len(groups[0].completions[0].token_ids) == 40
     assert loaded_after == [2, 3]
-    assert dirs == [".incoming", "v0000000002", "v0000000003"]   # v1's folder is gone too...
+    assert dirs == [".incoming", "a000002-v2", "a000003-v3"]   # v1's folder (engine id 1) is gone too...
     # ...and its weights file waits in the staging folder for the next push to write over
     assert [p.name.startswith(".spare-") for p in spares] == [True] and spares[0].read_bytes() == adapter.weights
 
@@ -145,3 +145,42 @@ def test_sampling_holes_are_invalid_requests_naming_the_field(tiny_model_dir, tm
     name, after = asyncio.run(run())
     assert name == field
     assert len(after[0].completions) == 2   # the next good call is served
+
+
+def test_a_loaded_version_is_acknowledged_again_only_if_identical(tiny_model_dir, tmp_path, adapter):
+    async def run():
+        core = await Generator.create(_config(tiny_model_dir, tmp_path))
+        await core.load_adapter(adapter, time.perf_counter())
+        again = await core.load_adapter(dataclasses.replace(adapter), time.perf_counter())
+        other_bytes = dataclasses.replace(adapter, weights=adapter.weights[:-4] + bytes(4))
+        with pytest.raises(Rejected, match="version 1 of learner run '' is already loaded with other weights"):
+            await core.load_adapter(other_bytes, time.perf_counter())
+        with pytest.raises(Rejected, match="already loaded with other weights"):
+            await core.load_adapter(dataclasses.replace(adapter, base_model_id="other"), time.perf_counter())
+        return again, core.info(), await _collect(core, _batch())
+
+    again, info, after = asyncio.run(run())
+    assert again.loaded_versions == [1] and info.loaded_versions == [1]
+    assert after[0].policy_version == 1
+
+
+def test_a_new_learner_run_drops_the_old_runs_versions(tiny_model_dir, tmp_path, adapter):
+    # A learner resumed from a checkpoint of step 1 while generators hold run-1's v1..v3: run-2's v2
+    # is other weights than run-1's v2, so it is loaded (not refused as "older"), and run-1's go.
+    async def run():
+        core = await Generator.create(_config(tiny_model_dir, tmp_path))
+        for version in (1, 2, 3):
+            await core.load_adapter(dataclasses.replace(adapter, policy_version=version, run_id="run-1"),
+                                    time.perf_counter())
+        result = await core.load_adapter(dataclasses.replace(adapter, policy_version=2, run_id="run-2"),
+                                         time.perf_counter())
+        await asyncio.sleep(0.05)   # the retirement runs as a background task
+        with pytest.raises(NotFound):
+            await _collect(core, _batch(version=3))
+        with pytest.raises(Rejected, match="header.run_id: learner run 'run-1' was replaced by run 'run-2'"):
+            await core.load_adapter(dataclasses.replace(adapter, policy_version=4, run_id="run-1"), time.perf_counter())
+        return result, core.versions.run_id, sorted(p.name for p in core.adapter_dir.iterdir())
+
+    result, run_id, dirs = asyncio.run(run())
+    assert result.loaded_versions == [2] and run_id == "run-2"
+    assert dirs == [".incoming", "a000004-v2"]   # run-1's three adapters unloaded, their folders gone

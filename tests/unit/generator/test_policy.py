@@ -64,24 +64,53 @@ def test_shapes_are_read_from_the_tiny_model_headers(tiny_model_dir):
     assert {"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"} <= shapes.module_kinds
 
 
+def _add(versions: PolicyVersions, version: int, run_id: str = "run-1") -> list[int]:
+    return versions.add(versions.new_entry(run_id, version, checksum=f"sum{version}", base_model_id="base"))
+
+
+def _versions(entries) -> list[int]:
+    return [e.version for e in entries]
+
+
 def test_versions_keep_k_newest_servable_and_unload_only_unused_ones():
     versions = PolicyVersions(keep_versions=2)
-    assert versions.acquire(None) == 0  # nothing loaded: the base model
-    versions.release(0)
+    base = versions.acquire(None)
+    assert base.version == 0 and base.adapter_id == 0  # nothing loaded: the base model
+    versions.release(base)
     for v in (1, 2, 3):
-        versions.add(v)
+        _add(versions, v)
     # loaded [1, 2, 3], K = 2 -> servable [2, 3]; 1 is unused -> retirable
-    assert versions.servable == [2, 3] and versions.retirable() == [1]
-    versions.remove(1)
-    assert versions.acquire(None) == 3
-    assert versions.acquire(2) == 2  # a request pinned to v2
-    assert versions.acquire(0) == 0  # the base model is always servable
+    assert versions.servable == [2, 3] and _versions(versions.retirable()) == [1]
+    versions.remove(versions.retirable()[0])
+    assert versions.acquire(None).version == 3
+    pinned = versions.acquire(2)  # a request pinned to v2
+    assert pinned.version == 2
+    assert versions.acquire(0).version == 0  # the base model is always servable
     with pytest.raises(NotFound, match="policy_version: 1"):
         versions.acquire(1)
-    versions.add(4)
+    _add(versions, 4)
     # loaded [2, 3, 4] -> servable [3, 4]; 2 is outside but in use, so nothing may be unloaded yet
     assert versions.retirable() == [] and versions.in_use(2) == 1
-    versions.release(2)
-    assert versions.retirable() == [2]
+    versions.release(pinned)
+    assert _versions(versions.retirable()) == [2]
     with pytest.raises(ValueError, match="not newer"):
-        versions.add(4)
+        _add(versions, 4)
+
+
+def test_a_new_learner_run_replaces_the_old_runs_versions_whatever_their_numbers():
+    versions = PolicyVersions(keep_versions=2)
+    for v in (4, 5):
+        _add(versions, v, "run-1")
+    pinned = versions.acquire(5)   # a request still generating on run-1's v5
+    # run-2 resumed from a checkpoint of step 3: its v4 is other weights than run-1's v4
+    assert _add(versions, 4, "run-2") == [4, 5]
+    assert versions.run_id == "run-2" and versions.loaded == [4] and versions.newest == 4
+    with pytest.raises(NotFound):
+        versions.acquire(5)   # run-1's v5 serves no new request...
+    assert _versions(versions.retirable()) == [4]   # ...run-1's v4 can go at once (unused)...
+    versions.release(pinned)
+    retirable = versions.retirable()
+    assert [(e.run_id, e.version) for e in retirable] == [("run-1", 4), ("run-1", 5)]   # ...v5 once its request ended
+    ids = {e.adapter_id for e in retirable} | {versions.find("run-2", 4).adapter_id}
+    assert len(ids) == 3   # two v4s under distinct engine ids
+    assert versions.find("run-1", 4) is None and versions.find("run-2", 4).checksum == "sum4"
