@@ -1,7 +1,7 @@
 """The pipe between the reward server and a worker: length-prefixed frames, replies decoded as plain data only.
 
-Frames use multiprocessing.connection's layout (4-byte big-endian signed length, then the bytes),
-so the worker can read requests with `Connection.recv()`. The server reads replies with `Frames`,
+A frame is a 4-byte big-endian signed length, then the bytes (multiprocessing.connection's layout).
+The worker reads requests with `read_frame` and answers with `send`. The server reads replies with `Frames`,
 which never blocks past a deadline, and decodes them with `json` alone into checked numbers and
 strings: whatever reward code writes into the pipe, the server only ever gets data or MalformedReply.
 """
@@ -44,6 +44,30 @@ def write_frame(fd: int, data: bytes, deadline: float) -> None:
                 view = view[os.write(fd, view):]
             except BlockingIOError:
                 continue
+
+
+def read_frame(fd: int) -> bytes:
+    """One whole frame from a blocking fd (the worker's side); EOFError when the server closed the pipe."""
+    def exactly(n: int) -> bytes:
+        chunks = []
+        while n:
+            chunk = os.read(fd, n)
+            if not chunk:
+                raise EOFError
+            chunks.append(chunk)
+            n -= len(chunk)
+        return b"".join(chunks)
+
+    (size,) = HEADER.unpack(exactly(HEADER.size))
+    return exactly(size)
+
+
+def send(fd: int, message) -> None:
+    """Writes `message` as one JSON frame to a blocking fd (the worker's side)."""
+    data = json.dumps(message).encode()
+    view = memoryview(HEADER.pack(len(data)) + data)
+    while view:
+        view = view[os.write(fd, view):]
 
 
 class Frames:

@@ -11,18 +11,17 @@ wait status + 1 once it ended (written by the namespace's init, see init()).
 from __future__ import annotations
 
 import ctypes
-import json
 import mmap
 import os
+import pickle
 import resource
 import signal
 import sys
 from dataclasses import dataclass, field
-from multiprocessing.connection import Connection
 
 from reward_server import isolation
 from reward_server.items import RewardItem
-from reward_server.replies import encode_outcomes
+from reward_server.replies import encode_outcomes, read_frame, send
 from reward_server.scripts import (
     RewardFunction,
     ScriptError,
@@ -122,22 +121,22 @@ def fence(job: Job) -> None:
     isolation.harden()
 
 
-def serve(requests: Connection, replies: Connection, progress) -> None:
-    job: Job = requests.recv()
+def serve(requests: int, replies: int, progress) -> None:
+    job: Job = pickle.loads(read_frame(requests))
     try:
         fence(job)
         functions = available_functions(job.script)
     except ScriptError as err:
-        replies.send_bytes(json.dumps(["import_error", str(err)]).encode())
+        send(replies, ["import_error", str(err)])
         return
     catalog = [[f.name, f.batched, f.kind, f.description] for f in functions.values()]
-    replies.send_bytes(json.dumps(["ready", catalog]).encode())
+    send(replies, ["ready", catalog])
     while True:
         try:
-            name, items = requests.recv()
+            name, items = pickle.loads(read_frame(requests))
         except EOFError:
             return
-        replies.send_bytes(json.dumps(run_chunk(functions[name], items, progress)).encode())
+        send(replies, run_chunk(functions[name], items, progress))
 
 
 def init(worker: int, status) -> None:
@@ -169,7 +168,7 @@ def main(argv: list[str]) -> None:
             os.close(requests_fd)
             os.close(replies_fd)
             init(worker, status)
-    serve(Connection(requests_fd, writable=False), Connection(replies_fd, readable=False), progress)
+    serve(requests_fd, replies_fd, progress)
 
 
 if __name__ == "__main__":
