@@ -41,7 +41,7 @@ class PipelineConfig(ConfigModel):
     """Generate -> score -> reference log-probs -> batch, inside the learner process."""
 
     type: Literal["pipeline"] = "pipeline"
-    dataset: str = "builtin:arithmetic"
+    dataset: str = "builtin:reverse"
     """Prompts: a local JSONL / Parquet / CSV file, or `builtin:NAME` for a synthetic task (see tasks)."""
     prompt_column: str = "prompt"
     """Dataset column holding the prompt text (or a list of chat messages)."""

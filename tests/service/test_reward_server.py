@@ -23,6 +23,7 @@ from reward_server.__main__ import main
 from reward_server.config import LimitsConfig, RewardConfig
 from reward_server.core import RewardCore
 from reward_server.server import SERVICE, start_server
+from rlfleet.cli import run_command
 from rlfleet.clients import RewardClient, make_channel
 from rlfleet.config import ClientConfig, ServerConfig
 from rlfleet.outcomes import RewardItem, RewardStatus
@@ -389,9 +390,9 @@ def test_broken_script_exits_naming_file_and_line(tmp_path, capsys):
     script.write_text("import os\n\n\ndef f(prompt, completion):\n    return 1.0\n\nvalue = 1 / 0\n")
     missing = tmp_path / "fine.py"
     missing.write_text("def f(prompt, completion):\n    return 1.0\n")
-    assert main(["--script", str(script), "--server.port", "0"]) == 2
+    assert run_command("reward-server", ["--script", str(script), "--server.port", "0"]) == 2
     assert f"{script}:7: ZeroDivisionError: division by zero" in capsys.readouterr().err
-    assert main(["--script", str(missing), "--reward", "nope:1", "--server.port", "0"]) == 2
+    assert run_command("reward-server", ["--script", str(missing), "--reward", "nope:1", "--server.port", "0"]) == 2
     assert "no reward function 'nope'" in capsys.readouterr().err
 
 
