@@ -1,8 +1,10 @@
 """Scores finished groups on every reward service of the pipeline, weighted, into the groups' samples.
 
 A reward service that is down pauses scoring (the RewardClient retries until it answers) and
-resumes when it is back: a group is never trained on with a made-up reward. Several services
-combine with `rlfleet.outcomes.combine`, the same rule the reward server applies to its functions.
+resumes when it is back: a group is never trained on with a made-up reward. A Score call that runs
+past its deadline is not retried (the same work would time out again, for ever): its items end
+with status TIMEOUT. Several services combine with `rlfleet.outcomes.combine`, the same rule the
+reward server applies to its functions.
 """
 
 from __future__ import annotations
@@ -10,12 +12,14 @@ from __future__ import annotations
 import logging
 import time
 
+import grpc
+
 from learner.pipeline import metrics
 from learner.pipeline.config import RewardServiceConfig
 from learner.pipeline.dataset import PromptRow
-from rlfleet.clients import Retry, RewardClient
+from rlfleet.clients import TRANSIENT, Retry, RewardClient
 from rlfleet.config import ClientConfig
-from rlfleet.outcomes import ItemScore, RewardItem, combine
+from rlfleet.outcomes import ItemScore, RewardItem, RewardStatus, combine
 from rlfleet.rollouts import Group
 
 log = logging.getLogger(__name__)
@@ -37,8 +41,8 @@ class GroupScorer:
     """The pipeline's reward services; `score` writes each sample's reward, components and status."""
 
     def __init__(self, services: list[RewardServiceConfig], client: ClientConfig, timeout: float, backoff: float):
-        self.services = [(RewardClient(s.address, client, timeout, Retry.constant(backoff), s.name), s.weight)
-                         for s in services]
+        retry = Retry(backoff, backoff, codes=TRANSIENT - {grpc.StatusCode.DEADLINE_EXCEEDED})
+        self.services = [(RewardClient(s.address, client, timeout, retry, s.name), s.weight) for s in services]
 
     async def score(self, group: Group, row: PromptRow) -> list[str]:
         """Scores every sample of `row`'s `group` on every service (in turn); returns the errors of failed samples."""
@@ -54,7 +58,13 @@ class GroupScorer:
 
     async def _score_on(self, reward: RewardClient, items: list[RewardItem]) -> list[ItemScore]:
         start, version = time.perf_counter(), reward.script_version
-        scores = await reward.score(items, on_retry=metrics.REWARD_UNAVAILABLE.labels(reward.name).inc)
+        try:
+            scores = await reward.score(items, on_retry=metrics.REWARD_UNAVAILABLE.labels(reward.name).inc)
+        except grpc.aio.AioRpcError as err:
+            if err.code() is not grpc.StatusCode.DEADLINE_EXCEEDED:
+                raise
+            error = f"no answer within {reward.timeout:g} s (reward_timeout_seconds)"  # combine names the service
+            scores = [ItemScore(0.0, {}, RewardStatus.TIMEOUT, error) for _ in items]
         metrics.REWARD_LATENCY.labels(reward.name).observe(time.perf_counter() - start)
         if version and reward.script_version != version:
             log.warning("reward service %s changed its script version %s -> %s mid-run",

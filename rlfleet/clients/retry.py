@@ -36,6 +36,8 @@ class Retry:
     """The wait doubles after each failure up to this."""
     give_up_after_seconds: float | None = None
     """Raise the last error once this much time has passed since the first attempt; None waits for ever."""
+    codes: frozenset[grpc.StatusCode] = TRANSIENT
+    """Status codes retried; any other is raised at once."""
 
     @classmethod
     def constant(cls, seconds: float, give_up_after_seconds: float | None = None) -> Retry:
@@ -61,7 +63,7 @@ async def call_with_retry(call: Callable[[float], Awaitable[T]], what: str, time
             result = await call(timeout if left is None else min(timeout, max(left, 0.1)))
             break
         except grpc.aio.AioRpcError as err:
-            if err.code() not in TRANSIENT or (bound is not None and time.monotonic() - start + backoff > bound):
+            if err.code() not in retry.codes or (bound is not None and time.monotonic() - start + backoff > bound):
                 raise
             if on_retry is not None:
                 on_retry()

@@ -1,26 +1,35 @@
-"""Reward server bad-input holes over real loopback gRPC: deep JSON columns, a request bigger than the queue, a reused request id.
+"""Reward server holes over real loopback gRPC: deep JSON columns, a request bigger than the queue, a reused request
+id, scoring past its deadline.
 
-Requests go through a raw stub: each test sends what rlfleet's own client never would.
+Requests go through a raw stub where a test sends what rlfleet's own client never would.
 """
 
 from __future__ import annotations
 
 import asyncio
+import time
 from pathlib import Path
 
 import grpc
 import pytest
 
+from learner.pipeline.config import RewardServiceConfig
+from learner.pipeline.dataset import PromptRow
+from learner.pipeline.scoring import GroupScorer
 from reward_server.config import RewardConfig
 from reward_server.core import RewardCore
 from reward_server.server import start_server
-from rlfleet.config import ServerConfig
+from rlfleet.config import ClientConfig, ServerConfig
+from rlfleet.outcomes import FinishReason, RewardStatus
+from rlfleet.rollouts import Group, Sample
 from rlfleet.v1 import reward_pb2, reward_pb2_grpc
 
 # `order` counts the items this (single) worker has scored so far: an answer served from the dedupe
 # cache repeats the first answer's values, one scored afresh gets new ones. (A log file would not do:
 # workers may run as another user, who cannot write to pytest's folders.)
 SCRIPT = """
+import time
+
 SEEN = []
 
 def length(prompt, completion, **columns):
@@ -29,6 +38,10 @@ def length(prompt, completion, **columns):
 def order(prompt, completion, **columns):
     SEEN.append(completion)
     return float(len(SEEN))
+
+def slow(prompt, completion, **columns):
+    time.sleep(float(completion))
+    return 1.0
 """
 
 
@@ -131,3 +144,34 @@ def test_reused_request_id_with_other_items_is_scored_afresh(tmp_path, concurren
     assert len(first) == 2 and len(other) == 1
     assert retry == first  # ...the retry was answered from the cache...
     assert fresh == [4.0]  # ...so the next new item is the 4th the worker scores
+
+
+def _group(*completions: str) -> Group:
+    samples = [Sample(token_ids=[1], logprobs=[0.0], finish_reason=FinishReason.STOP, text=c) for c in completions]
+    return Group(prompt_id="g", prompt_ids=[1], samples=samples, policy_version=0)
+
+
+def test_scoring_past_its_deadline_ends_as_timeout_not_an_endless_retry(tmp_path):
+    script = _script(tmp_path)
+
+    async def run():
+        # Items may take 30 s on the server; the pipeline's Score deadline (reward_timeout_seconds) is 1 s.
+        server, core = await _serve(script, reward=["slow"], item_timeout_seconds=30)
+        scorer = GroupScorer([RewardServiceConfig(address=f"127.0.0.1:{server.port}", name="slow")],
+                             ClientConfig(max_attempts=1), timeout=1.0, backoff=0.1)
+        start = time.perf_counter()
+        late = _group("5", "5")
+        late_errors = await scorer.score(late, PromptRow("g", "p"))
+        late_seconds = time.perf_counter() - start
+        fast = _group("0")
+        fast_errors = await scorer.score(fast, PromptRow("g", "p"))  # the service kept serving
+        await scorer.close()
+        await server.stop(0)
+        core.close()
+        return late, late_errors, late_seconds, fast, fast_errors
+
+    late, late_errors, late_seconds, fast, fast_errors = asyncio.run(run())
+    assert [(s.reward_status, s.reward) for s in late.samples] == [(RewardStatus.TIMEOUT, 0.0)] * 2
+    assert late_errors == ["slow: no answer within 1 s (reward_timeout_seconds)"] * 2
+    assert late_seconds < 2.0  # one 1 s attempt; a retry would have taken another second at least
+    assert [(s.reward_status, s.reward) for s in fast.samples] == [(RewardStatus.OK, 1.0)] and fast_errors == []
