@@ -2,6 +2,8 @@
 
 - `GeneratorClient`: Generate (PromptInput + Sampling in, rlfleet.rollouts.Group out), GetInfo, LoadAdapter, health.
 - `RewardClient`: Score (RewardItem in, ItemScore out), ListRewards.
+- `EnvironmentClient`: sessions of an environment service (a row in; StepResult, ItemScore out), each kept on
+  the replica that started it.
 - `ReferenceClient`: LogProbs (fills a Group's ref_logprobs), GetInfo.
 - `LearnerClient`: PushRollouts (Batch in), GetPolicy (into a staging file), GetStatus.
 - `Retry` / `call_with_retry`: the one loop that waits out a service that is down.
@@ -13,6 +15,7 @@ protos open a raw stub.
 """
 
 from rlfleet.clients.channel import make_channel, make_sync_channel
+from rlfleet.clients.environment import EnvironmentClient, Session
 from rlfleet.clients.generator import GeneratorClient
 from rlfleet.clients.learner import LearnerClient, LearnerStatus, PushResult
 from rlfleet.clients.reference import ReferenceClient, ReferenceInfo, SequenceLogProbs
@@ -21,7 +24,7 @@ from rlfleet.clients.retry import TRANSIENT, Retry, call_with_retry
 from rlfleet.clients.reward import RewardClient
 
 __all__ = [
-    "TRANSIENT", "GeneratorClient", "LearnerClient", "LearnerStatus", "PushResult", "ReferenceClient", "ReferenceInfo",
-    "Retry", "RewardClient", "SequenceLogProbs", "call_with_retry", "expand_target", "expand_targets",
-    "make_channel", "make_sync_channel", "split_target",
+    "TRANSIENT", "EnvironmentClient", "GeneratorClient", "LearnerClient", "LearnerStatus", "PushResult",
+    "ReferenceClient", "ReferenceInfo", "Retry", "RewardClient", "SequenceLogProbs", "Session", "call_with_retry",
+    "expand_target", "expand_targets", "make_channel", "make_sync_channel", "split_target",
 ]
