@@ -6,11 +6,14 @@ Requests are pickles written by the server (the worker trusts its server); every
 (`plain data`), because the server must never unpickle what reward code could have written.
 SHARED_FD is a 16-byte shared file: the index (from 1) of the item being scored, then the worker's
 wait status + 1 once it ended (written by the namespace's init, see init()).
+A Job with `serve_with` hands the fenced worker to another service's loop instead of the reward
+chunks (env_server.worker: environment sessions), so both run behind the same fence.
 """
 
 from __future__ import annotations
 
 import ctypes
+import importlib
 import mmap
 import os
 import pickle
@@ -63,6 +66,8 @@ class Job:
     """Directories the worker must still read after dropping to uid (the script's folder, the service's cwd)."""
     private_mounts: bool = False
     """True when the worker has its own mount namespace, where expose() may mount without touching the host."""
+    serve_with: str = ""
+    """A module whose serve(job, requests, replies, progress) answers after the fence instead of the reward loop."""
 
 
 def apply_limits(limits: WorkerLimits) -> None:
@@ -125,10 +130,13 @@ def serve(requests: int, replies: int, progress) -> None:
     job: Job = pickle.loads(read_frame(requests))
     try:
         fence(job)
-        functions = available_functions(job.script)
+        handler = importlib.import_module(job.serve_with).serve if job.serve_with else None
+        functions = {} if handler else available_functions(job.script)
     except ScriptError as err:
         send(replies, ["import_error", str(err)])
         return
+    if handler is not None:
+        return handler(job, requests, replies, progress)
     catalog = [[f.name, f.batched, f.kind, f.description] for f in functions.values()]
     send(replies, ["ready", catalog])
     while True:

@@ -239,6 +239,23 @@ class _Worker:
         self._shared_file.close()
 
 
+Worker = _Worker
+"""One worker process, for a pool that drives its workers one by one (env_server's sessions stay on theirs)."""
+
+
+def plan_launch(script: ScriptSource | None, limits: WorkerLimits,
+                serve_with: str = "") -> tuple[isolation.Fence, _Launch]:
+    """The strongest fence this machine allows and how to start a worker inside it (Job.serve_with: whose loop)."""
+    try:
+        fence = isolation.plan_fence(limits.allow_network, limits.run_as_user)
+    except ValueError as err:
+        raise ScriptError(str(err)) from None
+    readable = [os.getcwd()] + ([os.path.dirname(script.path)] if script else [])
+    job = Job(script, limits, fence.uid, fence.gid, tuple(readable), bool(fence.prefix), serve_with)
+    command = (*fence.prefix, sys.executable, "-m", "reward_server.worker_main")
+    return fence, _Launch(command, isolation.clean_environ(limits.pass_env), job, bool(fence.prefix))
+
+
 class WorkerPool:
     """A fixed number of worker processes, each fed by its own thread; tasks are chunks of items."""
 
@@ -255,15 +272,8 @@ class WorkerPool:
         self._lock = threading.Lock()
 
     def _plan(self) -> _Launch:
-        try:
-            fence = isolation.plan_fence(self.limits.allow_network, self.limits.run_as_user)
-        except ValueError as err:
-            raise ScriptError(str(err)) from None
-        self.fence = fence
-        readable = [os.getcwd()] + ([os.path.dirname(self.script.path)] if self.script else [])
-        job = Job(self.script, self.limits, fence.uid, fence.gid, tuple(readable), bool(fence.prefix))
-        command = (*fence.prefix, sys.executable, "-m", "reward_server.worker_main")
-        return _Launch(command, isolation.clean_environ(self.limits.pass_env), job, bool(fence.prefix))
+        self.fence, launch = plan_launch(self.script, self.limits)
+        return launch
 
     def start(self) -> dict[str, FunctionInfo]:
         """Starts every worker and waits until each imported the script; raises ScriptError if one cannot."""
