@@ -149,6 +149,7 @@ class PolicyEngine:
         dtype = torch.bfloat16 if config.deepspeed.dtype == "bf16" else torch.float32
         base = AutoModelForCausalLM.from_pretrained(model_dir, dtype=dtype)
         self.max_len = int(getattr(base.config, "max_position_embeddings", 0)) or None
+        self.vocab_size = int(base.config.vocab_size)   # token ids index the embedding: each must be below
         lora = LoraConfig(r=config.lora.r, lora_alpha=config.lora.alpha, lora_dropout=config.lora.dropout,
                           target_modules=list(config.lora.target_modules), task_type="CAUSAL_LM")
         self.peft_model = get_peft_model(base, lora)
@@ -270,6 +271,24 @@ class PolicyEngine:
         if reported is not None:
             norm = float(reported)
         return StepInfo(grad_norm=float("nan") if norm is None else norm, lr=float(self.scheduler.get_last_lr()[0]))
+
+    def gradients_finite(self) -> bool:
+        """Whether every accumulated gradient (this update's, before `step`) is finite, on every rank.
+
+        Checked here rather than left to DeepSpeed: only its fp16 loss scaler and some ZeRO paths look
+        for overflow, and a NaN that reaches the optimiser turns every LoRA weight into NaN for good.
+        """
+        from deepspeed.utils import safe_get_full_grad
+
+        finite = True
+        for param in self.lora_parameters().values():   # every one, no early exit: under ZeRO-3 each is a collective
+            grad = safe_get_full_grad(param)
+            finite = finite and (grad is None or bool(torch.isfinite(grad).all()))
+        if self.world_size > 1:
+            flag = torch.tensor([1.0 if finite else 0.0], device=self.device)
+            torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MIN)
+            finite = bool(flag.item() == 1.0)
+        return finite
 
     def _grad_norm(self) -> float:
         grads = [p.grad.detach().float().norm() for p in self.module.parameters() if p.grad is not None]

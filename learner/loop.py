@@ -7,6 +7,13 @@
 Torch work runs in a worker thread (`asyncio.to_thread`), so the event loop keeps serving
 PushRollouts / GetPolicy / GetStatus during a step. Each step appends one flat JSON record to
 RUN_DIR/metrics.jsonl and is handed to every `on_step` callback (evaluation, progress bars).
+
+Run identity: every learner process takes a new `run_id` (LearnerState), a resume from a checkpoint
+included, and every adapter it pushes or serves carries it. A resumed run goes on numbering from
+its checkpoint's version, but versions after that checkpoint may already have reached generators
+with weights this process will not reproduce (its rollouts differ), so keeping the id would let one
+number name two adapters. With a new id, generators drop the old run's versions instead
+(generator/policy.py); the resumed adapter is pushed at once so they do so before any rollout.
 """
 
 from __future__ import annotations
@@ -15,6 +22,7 @@ import asyncio
 import json
 import logging
 import time
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,6 +30,7 @@ from pathlib import Path
 import torch
 
 from learner import metrics
+from learner.admission import BatchLimits, keep_valid_groups
 from learner.checkpoint import TrainingState, latest_checkpoint, load_checkpoint, save_checkpoint
 from learner.config import LearnerConfig
 from learner.push import AdapterPusher, serialise_adapter
@@ -58,6 +67,9 @@ class LearnerState:
     adapter: AdapterPayload | None = None
     error: str = ""
     pushes: list[asyncio.Task] = field(default_factory=list)
+    run_id: str = field(default_factory=lambda: f"{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}-"
+                                                f"{uuid.uuid4().hex[:8]}")
+    """This process's run identity, carried by every adapter version it produces (see the module docstring)."""
 
 
 class TrainingLoop:
@@ -82,8 +94,12 @@ class TrainingLoop:
     async def run(self) -> LearnerState:
         self.run_dir.mkdir(parents=True, exist_ok=True)
         try:
+            log.info("learner run %s", self.status.run_id)
             if self.config.checkpoint.resume:
                 await asyncio.to_thread(self.resume)
+                if self.config.generators:
+                    self.status.pushes.append(asyncio.ensure_future(self.pusher.push(self.status.adapter)))
+            self.source.set_limits(self.limits())
             await self.source.start()
             self.source.set_policy_version(self.status.policy_version)
             while self.status.step < self.config.max_steps and not self._stop.is_set():
@@ -101,6 +117,7 @@ class TrainingLoop:
         """One step: collect_rollouts -> train_step -> push_weights -> (checkpoint)."""
         start = time.perf_counter()
         batch = await self.collect_rollouts()
+        batch = self.admit(batch) if batch is not None else None
         if batch is None:
             return
         wait = time.perf_counter() - start
@@ -108,8 +125,11 @@ class TrainingLoop:
         trained_from = self.status.policy_version
         result = await asyncio.to_thread(self._mirrored, "train", batch, trained_from)
         metrics.DROPPED_GROUPS.inc(result.dropped_groups)
+        if result.skipped_updates:
+            self.report_skipped(batch, result.skipped_updates, result.updates, result.metrics)
         if result.updates == 0:
-            log.info("batch %s: every group dropped by dynamic sampling; no update", batch.batch_id)
+            if not result.skipped_updates:
+                log.info("batch %s: every group dropped by dynamic sampling; no update", batch.batch_id)
             return
         self.status.step += 1
         self.status.policy_version = self.status.step
@@ -118,6 +138,7 @@ class TrainingLoop:
         await self.push_weights()
         push = time.perf_counter() - push_start
         self.source.set_policy_version(self.status.policy_version)
+        self.source.set_limits(self.limits())
         train = result.metrics.get("forward_backward_seconds", 0.0) + result.metrics.get("optimizer_seconds", 0.0)
         record = {**result.metrics, "wait_seconds": wait, "push_seconds": push,
                   "step_seconds": time.perf_counter() - start, "optimizer_updates": float(result.updates),
@@ -126,6 +147,29 @@ class TrainingLoop:
         self.log_step(record)
         if self.status.step - self._last_checkpoint >= self.config.checkpoint.every_steps:
             await asyncio.to_thread(self.checkpoint)
+
+    def limits(self) -> BatchLimits:
+        """What a batch must fit now: the model's vocabulary and length, and the newest policy version."""
+        engine = self.trainer.engine
+        return BatchLimits(engine.vocab_size, engine.max_len, self.status.policy_version)
+
+    def admit(self, batch: Batch) -> Batch | None:
+        """`batch` without the groups a training step cannot take (learner.admission), each logged and
+        counted: PushRollouts refused them already, so these come from the in-learner pipeline."""
+        kept, errors = keep_valid_groups(batch, self.limits())
+        for err in errors:
+            log.error("batch %s from %r: group dropped before training: %s", batch.batch_id, batch.producer, err)
+        metrics.INVALID_GROUPS.inc(len(errors))
+        return kept
+
+    def report_skipped(self, batch: Batch, skipped: int, applied: int, values: dict[str, float]) -> None:
+        """Counts and logs updates skipped for a non-finite loss or gradient; when the whole step was
+        skipped (no new version), its record still goes to metrics.jsonl, under the current step."""
+        metrics.SKIPPED_UPDATES.inc(skipped)
+        log.warning("batch %s from %r: %d of %d updates skipped: non-finite loss or gradient (gradients dropped, "
+                    "weights unchanged)", batch.batch_id, batch.producer, skipped, skipped + applied)
+        if applied == 0:
+            self._append_record({**values, "optimizer_updates": 0.0, "trained_tokens": 0.0})
 
     async def collect_rollouts(self) -> Batch | None:
         """The next batch, or None when a stop was requested while waiting."""
@@ -144,7 +188,8 @@ class TrainingLoop:
         self.status.state = "pushing"
         config_json, tensors = await asyncio.to_thread(self._mirrored, "adapter")
         self.status.adapter = await asyncio.to_thread(serialise_adapter, config_json, tensors,
-                                                      self.status.policy_version, self.trainer.engine.base_model_id)
+                                                      self.status.policy_version, self.trainer.engine.base_model_id,
+                                                      self.status.run_id)
         metrics.POLICY_VERSION.set(self.status.policy_version)
         due = force or self.status.step % self.config.push.push_every_steps == 0
         if due and self.config.generators:
@@ -153,16 +198,20 @@ class TrainingLoop:
 
     def log_step(self, values: dict[str, float]) -> None:
         """Appends the step's flat record to metrics.jsonl, sets Prometheus gauges, calls on_step."""
-        record = {"step": self.status.step, "policy_version": self.status.policy_version, "time": time.time(),
-                  **{k: float(v) for k, v in values.items()}}
-        with open(self.run_dir / "metrics.jsonl", "a") as f:
-            f.write(json.dumps(record) + "\n")
+        record = self._append_record(values)
         metrics.STEPS.inc()
         metrics.UPDATES.inc(values.get("optimizer_updates", 0))
         metrics.TRAINED_TOKENS.inc(values.get("trained_tokens", 0))
         metrics.record_step(record)
         for callback in self.on_step:
             callback(record)
+
+    def _append_record(self, values: dict[str, float]) -> dict[str, float]:
+        record = {"step": self.status.step, "policy_version": self.status.policy_version, "time": time.time(),
+                  **{k: float(v) for k, v in values.items()}}
+        with open(self.run_dir / "metrics.jsonl", "a") as f:
+            f.write(json.dumps(record) + "\n")
+        return record
 
     def checkpoint(self) -> Path | None:
         """Writes a checkpoint of the current step (blocking; call from a worker thread)."""
@@ -185,7 +234,7 @@ class TrainingLoop:
         self.status.step = self._last_checkpoint = state.step
         self.status.policy_version = state.policy_version
         self.status.adapter = adapter_from_dir(path / "adapter", state.policy_version,
-                                               self.trainer.engine.base_model_id)
+                                               self.trainer.engine.base_model_id, self.status.run_id)
         log.info("resumed from %s at step %d", path, state.step)
 
     async def finish(self) -> None:

@@ -39,6 +39,11 @@ GENERATOR_VERSION = Gauge("rlfleet_learner_generator_acked_version",
 QUEUED_BATCHES = Gauge("rlfleet_learner_queued_batches", "PushRollouts batches waiting to be trained on.")
 RECEIVED_BATCHES = Counter("rlfleet_learner_received_batches_total", "PushRollouts batches by outcome.", ["outcome"])
 DROPPED_GROUPS = Counter("rlfleet_learner_dropped_groups_total", "Groups dropped by DAPO dynamic sampling.")
+INVALID_GROUPS = Counter("rlfleet_learner_invalid_groups_total",
+                         "Groups dropped before training because a step could not take them (learner.admission; "
+                         "each logged with the field).")
+SKIPPED_UPDATES = Counter("rlfleet_learner_skipped_updates_total",
+                          "Optimiser updates skipped because the loss or a gradient was not finite.")
 CHECKPOINTS = Counter("rlfleet_learner_checkpoints_total", "Checkpoints written.")
 
 

@@ -28,11 +28,11 @@ log = logging.getLogger(__name__)
 
 
 def serialise_adapter(config_json: str, tensors: dict[str, Tensor], policy_version: int,
-                      base_model_id: str) -> AdapterPayload:
+                      base_model_id: str, run_id: str = "") -> AdapterPayload:
     """The adapter as in-memory safetensors bytes (PEFT's tensor names) plus its PEFT config."""
     weights = safetensors.torch.save(tensors, metadata={"format": "pt"})
     payload = AdapterPayload(policy_version=policy_version, base_model_id=base_model_id, config_json=config_json,
-                             weights=weights)
+                             weights=weights, run_id=run_id)
     _ = payload.checksum  # hashed here, once per version and off the event loop, not when each push starts
     return payload
 

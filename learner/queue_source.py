@@ -7,8 +7,9 @@ from collections import OrderedDict
 from typing import Any
 
 from learner import metrics
+from learner.admission import BatchLimits, check_batch
 from learner.sources import RolloutSource
-from rlfleet.errors import InvalidRequest, Overloaded
+from rlfleet.errors import InvalidRequest, NotReady, Overloaded
 from rlfleet.rollouts import Batch
 
 
@@ -17,6 +18,8 @@ class QueueSource(RolloutSource):
 
     A full queue refuses a batch with `Overloaded` (RESOURCE_EXHAUSTED: the producer backs off and
     re-sends); a batch whose id was seen before is ignored and counted, so re-sending is idempotent.
+    A batch a training step cannot take (learner.admission) is refused with InvalidRequest; until the
+    loop has set the limits (the model is loaded, a checkpoint restored) every batch gets NotReady.
     """
 
     def __init__(self, max_queued: int, remembered_ids: int = 100_000, require_ref_logprobs: bool = False):
@@ -28,6 +31,7 @@ class QueueSource(RolloutSource):
         self.accepted = 0
         self.duplicates = 0
         self.consumed = 0
+        self.limits: BatchLimits | None = None
 
     def offer(self, batch: Batch) -> bool:
         """Queues `batch`; False when its id was already seen; raises Overloaded when the queue is full."""
@@ -49,9 +53,19 @@ class QueueSource(RolloutSource):
         metrics.QUEUED_BATCHES.set(self._queue.qsize())
         return True
 
+    def set_limits(self, limits: BatchLimits) -> None:
+        self.limits = limits
+
     def _check(self, batch: Batch) -> None:
-        """With a KL and the reference service, producers must send ref_logprobs: refuse at the door,
-        not in the middle of a training step."""
+        """Refuses at the door, not in the middle of a training step: what does not fit the model, and
+        (with a KL and the reference service) samples without ref_logprobs."""
+        if self.limits is None:
+            raise NotReady("the learner is still loading (model, checkpoint): retry shortly")
+        try:
+            check_batch(batch, self.limits)
+        except InvalidRequest:
+            metrics.RECEIVED_BATCHES.labels("invalid").inc()
+            raise
         if not self.require_ref_logprobs:
             return
         for g, group in enumerate(batch.groups):

@@ -12,6 +12,7 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from typing import Any
 
+from learner.admission import BatchLimits
 from rlfleet.rollouts import Batch
 
 
@@ -27,6 +28,10 @@ class RolloutSource(ABC):
 
     def set_policy_version(self, version: int) -> None:
         """Tells the producer the newest policy version, so it can keep rollouts within max_staleness."""
+
+    def set_limits(self, limits: BatchLimits) -> None:
+        """What a batch must fit (learner.admission); a source that takes batches from outside checks them
+        against it at the door. Called before the first `next_batch` and after every step."""
 
     def state_dict(self) -> dict[str, Any]:
         """JSON-able position in the data (dataset cursor, ...) saved in checkpoints."""

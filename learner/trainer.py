@@ -6,12 +6,15 @@
 A step takes `epochs_per_batch x minibatches_per_batch` optimiser updates. Each update accumulates
 gradients over token-budget micro-batches whose losses are normalised by the whole mini-batch's
 token (and sequence) counts, so the accumulated gradient equals the gradient of the mini-batch loss.
+An update whose loss or gradient comes out non-finite is skipped (its gradients dropped, the
+optimiser untouched) and counted in `skipped_updates`, whatever the ZeRO stage or dtype.
 With a GAE advantage, `prepare` also takes the critic's values (GAE's baseline and the value clip's
 old values) and each micro-batch adds value.coef x the clipped value loss (learner/critic.py).
 """
 
 from __future__ import annotations
 
+import math
 import time
 from collections import defaultdict
 from collections.abc import Callable
@@ -50,6 +53,7 @@ class StepResult:
     updates: int = 0
     trained_tokens: int = 0
     dropped_groups: int = 0
+    skipped_updates: int = 0    # non-finite loss or gradient: no optimiser update taken
 
 
 @dataclass
@@ -108,11 +112,16 @@ class Trainer:
         totals: dict[str, float] = defaultdict(float)
         for _epoch in range(self.config.epochs_per_batch):
             for rows in minibatch_rows(padded.num_rows, self.config.minibatches_per_batch, self.shuffle):
-                for key, value in self.update(prepared, rows, timings).items():
+                stats = self.update(prepared, rows, timings)
+                if stats is None:
+                    result.skipped_updates += 1
+                    continue
+                for key, value in stats.items():
                     totals[key] += value
                 result.updates += 1
-        result.trained_tokens = int(padded.mask.sum())
+        result.trained_tokens = int(padded.mask.sum()) if result.updates else 0
         result.metrics.update({k: v / max(result.updates, 1) for k, v in totals.items()})
+        result.metrics["skipped_updates"] = float(result.skipped_updates)
         result.metrics.update(timings)
         result.metrics.update(self.batch_stats(filtered, policy_version))
         result.metrics["advantage_mean"], result.metrics["advantage_std"] = _masked_mean_std(advantages, padded.mask)
@@ -187,11 +196,20 @@ class Trainer:
             return None
         return self._no_grad_logprobs(padded)
 
-    def update(self, prepared: Prepared, rows: Tensor, timings: dict[str, float]) -> dict[str, float]:
-        """One optimiser update on mini-batch `rows`: accumulate over micro-batches, then step."""
+    def update(self, prepared: Prepared, rows: Tensor, timings: dict[str, float]) -> dict[str, float] | None:
+        """One optimiser update on mini-batch `rows`: accumulate over micro-batches, then step.
+
+        None when the loss or a gradient is not finite: the gradients are dropped before DeepSpeed's
+        step sees them (its own overflow check covers fp16 only), so the weights and the optimiser
+        state stay as they were.
+        """
         start = time.perf_counter()
         sums = self.accumulate(prepared, rows)
         middle = time.perf_counter()
+        if not math.isfinite(sums["loss"]) or not self.engine.gradients_finite():
+            self.engine.discard_gradients()
+            timings["forward_backward_seconds"] += middle - start
+            return None
         info = self.engine.step()
         timings["forward_backward_seconds"] += middle - start
         timings["optimizer_seconds"] += time.perf_counter() - middle
