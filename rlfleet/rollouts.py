@@ -24,9 +24,26 @@ from rlfleet.outcomes import (
 from rlfleet.v1 import common_pb2
 
 
+@dataclass(frozen=True)
+class TrajectoryStats:
+    """How a multi-turn trajectory went (learner.pipeline.multiturn), for metrics; not on the wire."""
+
+    turns: int                                # model turns generated
+    tool_calls: int                           # tool calls the model wrote, unreadable ones included
+    tool_errors: int                          # of those, the ones that did not run or raised
+    environment_seconds: float                # time spent in environment calls
+    truncation: str = ""                      # why it was cut short (turns, tokens, turn_tokens, wall_time), or ""
+    policy_versions: tuple[int, ...] = ()     # policy version of each model turn
+
+
 @dataclass
 class Sample:
-    """One completion of a prompt, with what the learner needs to train on it."""
+    """One completion of a prompt, with what the learner needs to train on it.
+
+    A multi-turn trajectory is one Sample: `token_ids` holds every turn after the first prompt, the
+    model's tokens and the environment's observations in order, and `loss_mask` is 0 on the
+    observations (their `logprobs` are 0: the model did not sample them).
+    """
 
     token_ids: list[int]                      # [T] completion tokens
     logprobs: list[float]                     # [T] behaviour log-probs from the generator
@@ -38,6 +55,7 @@ class Sample:
     ref_logprobs: list[float] | None = None   # [T] or None when no KL term is used
     loss_mask: list[bool] | None = None       # [T] or None for all-ones
     advantages: list[float] | None = None     # [T] or None: the learner computes them
+    trajectory: TrajectoryStats | None = None  # set for multi-turn trajectories
 
     @property
     def truncated(self) -> bool:
