@@ -5,8 +5,9 @@
 
 Method (serialisation timed directly, transport through a no-op echo): for one step's traffic,
 built at its real size -- per prompt group a streamed GenerateResponse (group_size completions of
-the run's mean length with log-probs and text), a ScoreRequest / ScoreResponse pair and a
-LogProbsRequest / LogProbsResponse pair, plus the GenerateRequests -- this process times
+the run's mean length with log-probs and text), plus the GenerateRequests, and per step (the
+pipeline scores in bulk) a ScoreRequest / ScoreResponse pair and a LogProbsRequest / LogProbsResponse
+pair -- this process times
 `SerializeToString` and `FromString` of every message on both sides, and a no-op gRPC server in a
 child process (grpc.aio, the services' stack) sends back the reply's number of bytes over loopback
 for each call: the same calls, streams and bytes as the real step, without the services' work.
@@ -43,6 +44,7 @@ class StepShape:
     completion_tokens: int      # mean completion length
     prompt_tokens: int
     prompts_per_request: int    # prompts per Generate call
+    groups_per_score_call: int = 0  # groups per Score and per LogProbs call; 0 = the whole step in one call
 
 
 @dataclass(frozen=True)
@@ -74,17 +76,19 @@ def step_exchanges(shape: StepShape) -> list[Exchange]:
                                                   completions=[completion] * g, policy_version=3)
                    for i in range(count)]
         exchanges.append(Exchange("rollout", request, replies))
-    for i in range(shape.prompts):
+    per_call = shape.groups_per_score_call or shape.prompts
+    for i, start in enumerate(range(0, shape.prompts, per_call)):
+        k = g * min(per_call, shape.prompts - start)  # completions in this call
         score = reward_pb2.ScoreRequest(request_id=f"{i:032x}", items=[reward_pb2.RewardItem(
             prompt="reverse:abcdef", completion=text, reference="fedcba", columns={"answer": '"fedcba"'},
-            completion_tokens=n, finish_reason=common_pb2.FINISH_REASON_STOP) for _ in range(g)])
+            completion_tokens=n, finish_reason=common_pb2.FINISH_REASON_STOP) for _ in range(k)])
         scored = reward_pb2.ScoreResponse(script_version="0123456789abcdef", results=[reward_pb2.RewardResult(
-            reward=0.75, components={"accuracy": 0.0, "similarity": 0.5}) for _ in range(g)])
+            reward=0.75, components={"accuracy": 0.0, "similarity": 0.5}) for _ in range(k)])
         exchanges.append(Exchange("reward", score, [scored]))
         ref = reference_pb2.LogProbsRequest(sequences=[reference_pb2.TokenSequence(
-            token_ids=prompt_ids + ids, prompt_length=p) for _ in range(g)])
+            token_ids=prompt_ids + ids, prompt_length=p) for _ in range(k)])
         exchanges.append(Exchange("reference", ref, [reference_pb2.LogProbsResponse(
-            results=[reference_pb2.SequenceLogProbs(logprobs=logprobs) for _ in range(g)])]))
+            results=[reference_pb2.SequenceLogProbs(logprobs=logprobs) for _ in range(k)])]))
     return exchanges
 
 
@@ -221,8 +225,9 @@ def shape_from_run(run_dir: Path, warmup: int) -> tuple[StepShape, float]:
     stats = throughput(records, min(warmup, len(records) - 2), 1)
     config = _learner_source(run_dir)
     tokens = round(sum(r.completion_tokens for r in records) / sum(r.samples for r in records))
+    # Unset prompts_per_request: the whole batch in one Generate call per generator.
     shape = StepShape(config["prompts_per_batch"], config["group_size"], max(1, tokens), 16,
-                      config["prompts_per_request"])
+                      config.get("prompts_per_request") or config["prompts_per_batch"])
     return shape, stats.median_step_seconds
 
 

@@ -95,8 +95,6 @@ def cluster_tables(config: UpConfig, model: str, run_dir: Path, ports: Ports) ->
                 "reference": f"127.0.0.1:{ports.reference}" if reference else None,
                 "group_size": config.group_size, "prompts_per_batch": config.prompts_per_batch,
                 "max_tokens": config.max_tokens, "max_staleness": config.max_staleness,
-                "prompts_per_request": max(1, config.prompts_per_batch // 2),
-                "max_inflight_requests": 2 * config.generators,
             },
         },
     }

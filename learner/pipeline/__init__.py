@@ -15,4 +15,4 @@ def make_pipeline_source(config: LearnerConfig, trainer=None) -> PipelineSource:
 
     return PipelineSource(config.source, config.generators, config.client, config.run_dir,
                           needs_reference=config.needs_reference_service,
-                          dynamic_sampling=config.algo.dapo.dynamic_sampling)
+                          dynamic_sampling=config.algo.dapo.dynamic_sampling, max_steps=config.max_steps)

@@ -67,10 +67,13 @@ class PipelineConfig(ConfigModel):
     """Stop strings."""
     max_staleness: int = Field(1, ge=0)
     """How many policy versions a rollout may lag the learner (0 = strictly on-policy)."""
-    prompts_per_request: int = Field(4, ge=1)
-    """Prompts sent in one Generate call."""
-    max_inflight_requests: int = Field(4, ge=1)
+    prompts_per_request: int | None = Field(None, ge=1)
+    """Prompts sent in one Generate call; unset: a whole batch per call, split evenly over the generators that
+    are up (few, large calls let vLLM batch every sequence at once)."""
+    max_inflight_requests: int = Field(16, ge=1)
     """Generate calls kept in flight across all generators."""
+    max_items_per_score_call: int = Field(1024, ge=1)
+    """Most completions sent in one Score call; groups finished together are scored together up to it."""
     reward_failure_policy: Literal["drop_group", "zero"] = "drop_group"
     """A sample whose reward status is not OK: drop its whole group (counted), or train on it with reward 0 (counted)."""
     generate_timeout_seconds: float = Field(300.0, gt=0)

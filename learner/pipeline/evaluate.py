@@ -57,7 +57,6 @@ async def _generate_and_score(generator: GeneratorClient, scorer: GroupScorer, r
     sampling = Sampling(n=1, max_tokens=source.max_tokens, temperature=0.0, stop=tuple(source.stop))
     groups = [g async for g in generator.generate(prompts, sampling, timeout=source.generate_timeout_seconds)]
     for group in groups:
-        row = by_id[group.prompt_id]
-        group.columns = dict(row.columns)
-        await scorer.score(group, row)
+        group.columns = dict(by_id[group.prompt_id].columns)
+    await scorer.score([(group, by_id[group.prompt_id]) for group in groups])
     return groups

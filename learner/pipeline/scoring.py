@@ -1,5 +1,8 @@
 """Scores finished groups on every reward service of the pipeline, weighted, into the groups' samples.
 
+Many groups go in one Score call per service (each item keeps its own typed status), so a batch
+costs a few calls, not one per group.
+
 A reward service that is down pauses scoring (the RewardClient retries until it answers) and
 resumes when it is back: a group is never trained on with a made-up reward. A Score call that runs
 past its deadline is not retried (the same work would time out again, for ever): its items end
@@ -9,15 +12,17 @@ reward server applies to its functions.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
+from collections.abc import Sequence
 
 import grpc
 
 from learner.pipeline import metrics
 from learner.pipeline.config import RewardServiceConfig
 from learner.pipeline.dataset import PromptRow
-from rlfleet.clients import TRANSIENT, Retry, RewardClient
+from rlfleet.clients import TRANSIENT, ReferenceClient, Retry, RewardClient
 from rlfleet.config import ClientConfig
 from rlfleet.outcomes import ItemScore, RewardItem, RewardStatus, combine
 from rlfleet.rollouts import Group
@@ -40,21 +45,37 @@ def reward_items(group: Group, row: PromptRow) -> list[RewardItem]:
 class GroupScorer:
     """The pipeline's reward services; `score` writes each sample's reward, components and status."""
 
-    def __init__(self, services: list[RewardServiceConfig], client: ClientConfig, timeout: float, backoff: float):
+    def __init__(self, services: list[RewardServiceConfig], client: ClientConfig, timeout: float, backoff: float,
+                 max_items_per_call: int = 1024):
         retry = Retry(backoff, backoff, codes=TRANSIENT - {grpc.StatusCode.DEADLINE_EXCEEDED})
         self.services = [(RewardClient(s.address, client, timeout, retry, s.name), s.weight) for s in services]
+        self.max_items_per_call = max_items_per_call
 
-    async def score(self, group: Group, row: PromptRow) -> list[str]:
-        """Scores every sample of `row`'s `group` on every service (in turn); returns the errors of failed samples."""
-        items = reward_items(group, row)
-        per_service = [(reward, weight, await self._score_on(reward, items)) for reward, weight in self.services]
-        errors = []
-        for i, sample in enumerate(group.samples):
-            score = combine((reward.name, weight, scores[i]) for reward, weight, scores in per_service)
-            sample.reward, sample.reward_components, sample.reward_status = score.reward, score.components, score.status
-            if score.error:
-                errors.append(score.error)
+    async def score(self, groups: Sequence[tuple[Group, PromptRow]]) -> list[list[str]]:
+        """Scores every sample of every (group, row) on every service, all groups in as few Score calls as
+        `max_items_per_call` allows (the services concurrently); returns each group's errors of failed samples."""
+        items = [item for group, row in groups for item in reward_items(group, row)]
+        per_service = await asyncio.gather(*(self._score_all(reward, items) for reward, _ in self.services))
+        errors: list[list[str]] = []
+        i = 0
+        for group, _ in groups:
+            errors.append([])
+            for sample in group.samples:
+                score = combine((reward.name, weight, scores[i])
+                                for (reward, weight), scores in zip(self.services, per_service, strict=True))
+                sample.reward, sample.reward_components, sample.reward_status = (score.reward, score.components,
+                                                                                 score.status)
+                if score.error:
+                    errors[-1].append(score.error)
+                i += 1
         return errors
+
+    async def _score_all(self, reward: RewardClient, items: list[RewardItem]) -> list[ItemScore]:
+        step = self.max_items_per_call
+        scores: list[ItemScore] = []
+        for start in range(0, len(items), step):
+            scores += await self._score_on(reward, items[start:start + step])
+        return scores
 
     async def _score_on(self, reward: RewardClient, items: list[RewardItem]) -> list[ItemScore]:
         start, version = time.perf_counter(), reward.script_version
@@ -76,3 +97,12 @@ class GroupScorer:
     async def close(self) -> None:
         for reward, _ in self.services:
             await reward.close()
+
+
+async def fill_reference(reference: ReferenceClient, groups: Sequence[Group]) -> None:
+    """Sets `ref_logprobs` of every sample of every group from one LogProbs call (the service packs it by tokens)."""
+    sequences = [(g.prompt_ids + s.token_ids, len(g.prompt_ids)) for g in groups for s in g.samples]
+    results = iter(await reference.logprobs(sequences))
+    for group in groups:
+        for sample in group.samples:
+            sample.ref_logprobs = next(results).logprobs

@@ -1,11 +1,18 @@
-"""The in-learner rollout pipeline: keeps generators busy, scores groups, and emits batches within max_staleness.
+"""The in-learner rollout pipeline: admits batches by the staleness bound, rolls them out, scores them in bulk, emits them.
 
-Flow of one prompt: cursor -> Generate call (any generator; resubmitted elsewhere if that one
-fails) -> group scored by every reward service -> reference log-probs (when the KL needs them) ->
-ready queue -> batch. Generation of the next batches overlaps training of the current one: at
-most `(max_staleness + 1) * prompts_per_batch` groups are outstanding (started, not yet trained),
-and a group whose policy version lags the learner by more than `max_staleness` when it would be
-batched goes back to the queue instead of being trained on.
+Flow of one training batch k: admitted -> its prompts issued together, with the policy version they
+must be generated at (or after) fixed at issue: the learner's version then -> the rollout driver
+(learner/pipeline/rollout.py, the seam a multi-turn driver plugs into) turns them into groups ->
+scored in bulk (every group finished since the last Score call goes into the next one) ->
+reference log-probs in bulk (when the KL needs them) -> batch k's slot -> `next_batch`, in order.
+
+Admission, not regeneration: batch k is issued once the learner is done with batch
+k - max_staleness - 1. Its groups are generated at a version v >= the learner's version then, and
+trained at a version at most `max_staleness` updates later, so no rollout is generated only to be
+thrown away as stale. Nothing past `max_steps` is issued unless the learner asks for it (a step
+that made no update), so a run ends with no work in flight. A group that is dropped (reward error,
+uniform rewards under dynamic sampling, a lag past the bound from a generator that went back to an
+older version) is replaced in its batch by a new prompt.
 
 Every prompt taken from the dataset ends as `trained` or as dropped with a reason, counted in
 `rlfleet_pipeline_prompts_total` and listed in RUN_DIR/dropped.jsonl.
@@ -19,103 +26,123 @@ import json
 import logging
 import time
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-
-import grpc
 
 from learner.pipeline import metrics
 from learner.pipeline.config import PipelineConfig
 from learner.pipeline.dataset import Cursor, PromptRow, load_rows
-from learner.pipeline.generators import Endpoint, GeneratorPool
-from learner.pipeline.scoring import GroupScorer
+from learner.pipeline.generators import GeneratorPool
+from learner.pipeline.rollout import RolloutDriver, RolloutStats, SingleTurnDriver
+from learner.pipeline.scoring import GroupScorer, fill_reference
 from learner.sources import RolloutSource
 from rlfleet.clients import ReferenceClient, Retry
 from rlfleet.config import ClientConfig
-from rlfleet.generation import PromptInput, Sampling
 from rlfleet.outcomes import RewardStatus
 from rlfleet.rollouts import Batch, Group
 
 log = logging.getLogger(__name__)
 
 
-class GeneratorLagging(Exception):
-    """A generator did not reach the policy version a request needs in time (a failed push, say)."""
-
-
 @dataclass
-class PipelineStats:
+class PipelineStats(RolloutStats):
     """Counts for the progress view and the accounting check (issued = trained + dropped + outstanding)."""
 
     issued: int = 0
     trained: int = 0
-    dropped: collections.Counter | None = None
-    generate_calls: int = 0
-    generator_failures: int = 0
+    dropped: collections.Counter = field(default_factory=collections.Counter)
+    batches_issued: int = 0
+    score_calls: int = 0
+    reference_calls: int = 0
 
-    def __post_init__(self) -> None:
-        self.dropped = collections.Counter()
+
+@dataclass
+class Slot:
+    """One training batch in the making: its prompts, issued together, and the groups ready so far."""
+
+    index: int
+    min_version: int                         # every group of it is generated at this policy version or newer
+    groups: list[Group] = field(default_factory=list)
+
+
+Work = tuple[Slot, PromptRow, Group]
 
 
 class PipelineSource(RolloutSource):
     """A RolloutSource that generates, scores and batches rollouts itself."""
 
     def __init__(self, config: PipelineConfig, generators: list[str], client: ClientConfig, run_dir: Path,
-                 needs_reference: bool = False, dynamic_sampling: bool = False):
+                 needs_reference: bool = False, dynamic_sampling: bool = False, max_steps: int | None = None,
+                 driver: RolloutDriver | None = None):
         self.config = config
         train_rows, self.eval_rows = load_rows(config.dataset, config.prompt_column, config.answer_column,
                                                config.eval_split_fraction, config.seed)
         self.rows_by_id = {row.prompt_id: row for row in train_rows}
         self.cursor = Cursor(train_rows, seed=config.seed)
+        self.stats = PipelineStats()
         self.pool = GeneratorPool(generators, client, config.retry_backoff_seconds)
-        self.scorer = GroupScorer(config.rewards, client, config.reward_timeout_seconds, config.retry_backoff_seconds)
+        self.driver = driver or SingleTurnDriver(self.pool, config, self.stats)
+        self.scorer = GroupScorer(config.rewards, client, config.reward_timeout_seconds, config.retry_backoff_seconds,
+                                  config.max_items_per_score_call)
         self.reference = (ReferenceClient(config.reference, client, config.reference_timeout_seconds,
                                           Retry.constant(config.retry_backoff_seconds))
                           if needs_reference and config.reference else None)
         self.dynamic_sampling = dynamic_sampling
+        self.max_steps = max_steps
         self.dropped_log = config.dropped_log or run_dir / "dropped.jsonl"
-        self.stats = PipelineStats()
         self._version = 0
-        self._first_version: int | None = None  # version when this process started (resume-aware throttle)
+        self._max_batches: int | None = None   # batches this process issues unasked (max_steps less the resumed step)
+        self._started = asyncio.Event()        # the first set_policy_version came
         self._requeue: collections.deque[PromptRow] = collections.deque()
-        self._ready: asyncio.Queue[Group] = asyncio.Queue()
-        self._outstanding: collections.Counter[str] = collections.Counter()  # prompt id -> groups started, not ended
-        self._inflight: set[asyncio.Task] = set()   # Generate calls
-        self._scoring: set[asyncio.Task] = set()    # groups being scored
-        self._changed = asyncio.Event()
-        self._producer: asyncio.Task | None = None
-        self._request_counter = 0
+        self._outstanding: collections.Counter[str] = collections.Counter()  # prompt id -> issued, not ended
+        self._slots: dict[int, Slot] = {}
+        self._issued = 0      # batches issued
+        self._delivered = 0   # batches handed to the learner
+        self._released = 0    # batches the learner is done with
+        self._asked = 0       # batches the learner asked for
+        self._to_score: list[Work] = []
+        self._to_reference: list[Work] = []
+        self._wake = {"produce": asyncio.Event(), "score": asyncio.Event(), "reference": asyncio.Event()}
+        self._progress = asyncio.Event()       # a slot gained a group, or something failed
+        self._tasks: set[asyncio.Task] = set()
+        self._failure: BaseException | None = None
 
     # ---- RolloutSource -------------------------------------------------------------------------
 
     async def start(self) -> None:
-        self._producer = asyncio.create_task(self._produce(), name="pipeline-producer")
+        for name, stage in (("produce", self._produce), ("score", self._score_stage),
+                            ("reference", self._reference_stage)):
+            self._spawn(stage(), f"pipeline-{name}")
 
     def set_policy_version(self, version: int) -> None:
-        if self._first_version is None:
-            self._first_version = version
+        if not self._started.is_set():
+            self._max_batches = None if self.max_steps is None else max(0, self.max_steps - version)
+            self._started.set()
         self._version = version
-        self._changed.set()
+        self._released = self._delivered
+        self._wake["produce"].set()
 
     async def next_batch(self) -> Batch:
-        groups: list[Group] = []
-        while len(groups) < self.config.prompts_per_batch:
-            if self._producer is not None and self._producer.done():
-                self._producer.result()  # re-raises what stopped production
-            try:
-                group = await asyncio.wait_for(self._ready.get(), timeout=1.0)
-            except TimeoutError:
-                continue
-            metrics.GROUPS_READY.set(self._ready.qsize())
-            if self._version - group.policy_version > self.config.max_staleness:
-                self._finish(group.prompt_id, "stale_requeued")
-                self._requeue.append(self.rows_by_id[group.prompt_id])
-                continue
-            groups.append(group)
-        for group in groups:
+        index = self._delivered
+        self._released, self._asked = index, index + 1
+        self._wake["produce"].set()
+        while True:
+            self._progress.clear()
+            if self._failure is not None:
+                raise self._failure
+            slot = self._slots.get(index)
+            if slot is not None:
+                self._drop_stale(slot)
+                if len(slot.groups) >= self.config.prompts_per_batch:
+                    break
+            await self._progress.wait()
+        del self._slots[index]
+        self._delivered += 1
+        metrics.GROUPS_READY.set(sum(len(s.groups) for s in self._slots.values()))
+        for group in slot.groups:
             self._finish(group.prompt_id, "trained")
-        return Batch(batch_id=uuid.uuid4().hex, groups=groups, producer="pipeline")
+        return Batch(batch_id=uuid.uuid4().hex, groups=slot.groups, producer="pipeline")
 
     def state_dict(self) -> dict[str, Any]:
         # Prompts issued but not yet trained are re-issued first after a resume: none is skipped.
@@ -128,9 +155,7 @@ class PipelineSource(RolloutSource):
         self._requeue.extend(self.rows_by_id[i] for i in dict.fromkeys(ids) if i in self.rows_by_id)
 
     async def close(self) -> None:
-        if self._producer is not None:
-            self._producer.cancel()
-        tasks = list(self._inflight | self._scoring)
+        tasks = list(self._tasks)
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
@@ -144,50 +169,148 @@ class PipelineSource(RolloutSource):
 
     def write_accounting(self) -> None:
         """RUN_DIR/pipeline_accounting.json: every prompt issued ended as trained or dropped (by reason)."""
-        dropped = {k: v for k, v in self.stats.dropped.items() if k != "stale_requeued"}
-        record = {"issued": self.stats.issued, "trained": self.stats.trained, "dropped": dropped,
-                  "requeued_stale": self.stats.dropped["stale_requeued"], "generate_calls": self.stats.generate_calls,
-                  "generator_failures": self.stats.generator_failures,
+        s = self.stats
+        dropped = {k: v for k, v in s.dropped.items() if k != "stale_requeued"}
+        record = {"issued": s.issued, "trained": s.trained, "dropped": dropped,
+                  "requeued_stale": s.dropped["stale_requeued"], "batches_issued": s.batches_issued,
+                  "generate_calls": s.generate_calls, "generator_failures": s.generator_failures,
+                  "score_calls": s.score_calls, "reference_calls": s.reference_calls,
                   "generator_busy_seconds": self.pool.busy_seconds()}
         (self.dropped_log.parent / "pipeline_accounting.json").write_text(json.dumps(record, indent=1) + "\n")
 
-    # ---- production ------------------------------------------------------------------------------
+    # ---- admission -------------------------------------------------------------------------------
 
-    def _take_rows(self) -> list[PromptRow]:
-        # Groups of batch k may start once the learner reached version k - max_staleness: with 0, the
-        # next batch waits for the update; with 1, it is generated while the current one trains.
-        steps = self._version - (self._first_version or 0)
-        allowed = (steps + self.config.max_staleness + 1) * self.config.prompts_per_batch
-        capacity = allowed - self.stats.trained - sum(self._outstanding.values())
-        rows = []
-        while len(rows) < min(capacity, self.config.prompts_per_request):
-            rows.append(self._requeue.popleft() if self._requeue else self.cursor.next())
-        return rows
+    def _admitted(self) -> bool:
+        """Batch `self._issued` may start: within max_staleness of the learner, and wanted."""
+        k = self._issued
+        if k > self._released + self.config.max_staleness:
+            return False
+        return self._max_batches is None or k < self._max_batches or k < self._asked
 
     async def _produce(self) -> None:
+        await self._started.wait()
         while True:
-            rows = self._take_rows() if len(self._inflight) < self.config.max_inflight_requests else []
-            if not rows:
-                self._changed.clear()
-                await self._changed.wait()
+            self._wake["produce"].clear()
+            while self._admitted():
+                slot = Slot(self._issued, self._version)
+                self._slots[slot.index] = slot
+                self._issued += 1
+                self.stats.batches_issued += 1
+                self._issue(slot, self.config.prompts_per_batch)
+            await self._wake["produce"].wait()
+
+    def _issue(self, slot: Slot, count: int) -> None:
+        """Starts `count` new prompts for `slot` (a new batch, or replacements of dropped groups)."""
+        rows = [self._requeue.popleft() if self._requeue else self.cursor.next() for _ in range(count)]
+        for row in rows:
+            self._outstanding[row.prompt_id] += 1
+            self.stats.issued += 1
+        # A replacement must not come back stale itself: it needs a version within the bound of now.
+        min_version = max(slot.min_version, self._version - self.config.max_staleness)
+        self._spawn(self._roll_out(slot, rows, min_version), f"pipeline-rollout-{slot.index}")
+
+    async def _roll_out(self, slot: Slot, rows: list[PromptRow], min_version: int) -> None:
+        async for row, group in self.driver.rollout(rows, min_version):
+            self._to_score.append((slot, row, group))
+            self._wake["score"].set()
+
+    def _spawn(self, coro, name: str) -> None:
+        task = asyncio.create_task(coro, name=name)
+        self._tasks.add(task)
+        task.add_done_callback(self._task_done)
+
+    def _task_done(self, task: asyncio.Task) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None and self._failure is None:
+            log.error("%s failed: %r", task.get_name(), task.exception())
+            self._failure = task.exception()
+            self._progress.set()
+
+    # ---- scoring and reference, in bulk ----------------------------------------------------------
+
+    async def _score_stage(self) -> None:
+        """Scores every group finished since the last Score call in one call per reward service."""
+        while True:
+            await self._wake["score"].wait()
+            self._wake["score"].clear()
+            work, self._to_score = self._to_score, []
+            if not work:
                 continue
-            for row in rows:
-                self._start(row)
-            task = asyncio.create_task(self._generate(rows))
-            self._inflight.add(task)
-            metrics.INFLIGHT.set(len(self._inflight))
-            task.add_done_callback(self._request_done)
+            self.stats.score_calls += 1
+            try:
+                errors = await self.scorer.score([(group, row) for _, row, group in work])
+            except Exception as err:  # noqa: BLE001 - a prompt is never lost silently: it is dropped with the reason
+                log.exception("scoring %d groups failed", len(work))
+                for slot, row, _ in work:
+                    self._drop(slot, row, "scoring_failed", repr(err))
+                continue
+            kept = [w for w, errs in zip(work, errors, strict=True) if self._judge(w, errs)]
+            if self.reference is None:
+                for slot, _, group in kept:
+                    self._ready(slot, group)
+            else:
+                self._to_reference += kept
+                self._wake["reference"].set()
 
-    def _start(self, row: PromptRow) -> None:
-        self._outstanding[row.prompt_id] += 1
-        self.stats.issued += 1
+    def _judge(self, work: Work, errors: list[str]) -> bool:
+        """Applies the reward failure policy and dynamic sampling to a scored group; False = dropped."""
+        slot, row, group = work
+        failed = [s for s in group.samples if s.reward_status is not RewardStatus.OK]
+        if failed and self.config.reward_failure_policy == "drop_group":
+            self._drop(slot, row, "reward_error", "; ".join(errors))
+            return False
+        for sample in failed:  # policy "zero": trained on with reward 0, and counted
+            sample.reward = 0.0
+            metrics.PROMPTS.labels("reward_zeroed_samples").inc()
+        if self.dynamic_sampling and len({s.reward for s in group.samples}) == 1:
+            self._drop(slot, row, "uniform_rewards")
+            return False
+        return True
 
-    def _request_done(self, task: asyncio.Task) -> None:
-        self._inflight.discard(task)
-        metrics.INFLIGHT.set(len(self._inflight))
-        self._changed.set()
-        if not task.cancelled() and task.exception() is not None:
-            log.error("rollout request failed: %r", task.exception())
+    async def _reference_stage(self) -> None:
+        """Reference log-probs of every scored group waiting, in one LogProbs call."""
+        while True:
+            await self._wake["reference"].wait()
+            self._wake["reference"].clear()
+            work, self._to_reference = self._to_reference, []
+            if not work or self.reference is None:
+                continue
+            self.stats.reference_calls += 1
+            start = time.perf_counter()
+            try:
+                await fill_reference(self.reference, [group for _, _, group in work])
+            except Exception as err:  # noqa: BLE001 - dropped with the reason, never lost silently
+                log.exception("reference log-probs of %d groups failed", len(work))
+                for slot, row, _ in work:
+                    self._drop(slot, row, "reference_failed", repr(err))
+                continue
+            metrics.REFERENCE_LATENCY.observe(time.perf_counter() - start)
+            for slot, _, group in work:
+                self._ready(slot, group)
+
+    # ---- outcomes --------------------------------------------------------------------------------
+
+    def _ready(self, slot: Slot, group: Group) -> None:
+        slot.groups.append(group)
+        metrics.GROUPS_READY.set(sum(len(s.groups) for s in self._slots.values()))
+        self._progress.set()
+
+    def _drop_stale(self, slot: Slot) -> None:
+        """Groups of `slot` lagging the learner past the bound (a generator went back to an older
+        version) are dropped and replaced; admission makes this rare."""
+        stale = [g for g in slot.groups if self._version - g.policy_version > self.config.max_staleness]
+        for group in stale:
+            slot.groups.remove(group)
+            self._finish(group.prompt_id, "stale_requeued")
+            self._requeue.append(self.rows_by_id[group.prompt_id])
+        if stale:
+            self._issue(slot, len(stale))
+
+    def _drop(self, slot: Slot, row: PromptRow, reason: str, detail: str = "") -> None:
+        """Ends `row`'s prompt as dropped and issues a replacement for its batch."""
+        self._finish(row.prompt_id, reason, detail)
+        if slot.index in self._slots:
+            self._issue(slot, 1)
 
     def _finish(self, prompt_id: str, outcome: str, reason: str = "") -> None:
         """Ends one prompt's journey: trained, or dropped with a reason (logged to dropped.jsonl)."""
@@ -204,87 +327,3 @@ class PipelineSource(RolloutSource):
                 with open(self.dropped_log, "a") as f:
                     f.write(json.dumps({"prompt_id": prompt_id, "reason": outcome, "detail": reason[:500],
                                         "time": time.time()}) + "\n")
-        self._changed.set()
-
-    def _sampling(self) -> Sampling:
-        self._request_counter += 1
-        c = self.config
-        return Sampling(n=c.group_size, max_tokens=c.max_tokens, temperature=c.temperature, top_p=c.top_p,
-                        stop=tuple(c.stop), seed=c.seed * 1_000_003 + self._request_counter)
-
-    async def _generate(self, rows: list[PromptRow]) -> None:
-        """One Generate call; prompts it did not return are resubmitted (to another generator)."""
-        remaining = {row.prompt_id: row for row in rows}
-        prompts = [PromptInput.from_dataset(row.prompt_id, row.prompt, self.config.chat_template) for row in rows]
-        sampling = self._sampling()
-        endpoint = await self.pool.acquire()
-        start, failed = time.perf_counter(), False
-        self.stats.generate_calls += 1
-        try:
-            await self._wait_for_version(endpoint, self._version - self.config.max_staleness)
-            stream = endpoint.client.generate(prompts, sampling, timeout=self.config.generate_timeout_seconds)
-            async for group in stream:
-                endpoint.policy_version = max(endpoint.policy_version, group.policy_version)
-                row = remaining.pop(group.prompt_id, None)
-                if row is not None:
-                    group.columns = dict(row.columns)
-                    task = asyncio.create_task(self._score(group, row))
-                    self._scoring.add(task)
-                    task.add_done_callback(self._scoring.discard)
-        except (grpc.aio.AioRpcError, GeneratorLagging) as err:
-            failed = True
-            self.stats.generator_failures += 1
-            reason = f"{err.code().name}: {err.details()}" if isinstance(err, grpc.aio.AioRpcError) else str(err)
-            log.warning("generator %s failed (%s); resubmitting %d prompts elsewhere", endpoint.address, reason,
-                        len(remaining))
-        finally:
-            self.pool.release(endpoint, failed)
-            metrics.GENERATE_LATENCY.observe(time.perf_counter() - start)
-        if remaining:
-            for row in remaining.values():  # not ended: re-counted by _start when re-issued
-                self._outstanding[row.prompt_id] -= 1
-                if self._outstanding[row.prompt_id] <= 0:
-                    del self._outstanding[row.prompt_id]
-                self.stats.issued -= 1
-            self._requeue.extendleft(reversed(list(remaining.values())))
-            self._changed.set()
-
-    async def _wait_for_version(self, endpoint: Endpoint, needed: int) -> None:
-        """Waits until `endpoint` serves at least version `needed`, so no rollout is generated only to be stale.
-
-        The learner pushes in the background and the pipeline may issue the next batch at once; without
-        this wait the first calls after an update ran on the old adapter and were thrown away.
-        """
-        deadline = time.monotonic() + self.config.version_wait_seconds
-        while endpoint.policy_version < needed:
-            endpoint.policy_version = (await endpoint.client.info(timeout=5.0)).policy_version
-            if endpoint.policy_version >= needed:
-                return
-            if time.monotonic() > deadline:
-                raise GeneratorLagging(f"serves policy v{endpoint.policy_version}, needs v{needed} "
-                                       f"within {self.config.version_wait_seconds:.0f}s")
-            await asyncio.sleep(0.05)
-
-    async def _score(self, group: Group, row: PromptRow) -> None:
-        try:
-            await self._score_group(group, row)
-        except Exception as err:  # noqa: BLE001 - a prompt is never lost silently: it is dropped with the reason
-            log.exception("scoring prompt %s failed", group.prompt_id)
-            self._finish(group.prompt_id, "scoring_failed", repr(err))
-
-    async def _score_group(self, group: Group, row: PromptRow) -> None:
-        errors = await self.scorer.score(group, row)
-        failed = [s for s in group.samples if s.reward_status is not RewardStatus.OK]
-        if failed and self.config.reward_failure_policy == "drop_group":
-            self._finish(group.prompt_id, "reward_error", "; ".join(errors))
-            return
-        for sample in failed:  # policy "zero": trained on with reward 0, and counted
-            sample.reward = 0.0
-            metrics.PROMPTS.labels("reward_zeroed_samples").inc()
-        if self.dynamic_sampling and len({s.reward for s in group.samples}) == 1:
-            self._finish(group.prompt_id, "uniform_rewards")
-            return
-        if self.reference is not None:
-            await self.reference.fill(group)
-        await self._ready.put(group)
-        metrics.GROUPS_READY.set(self._ready.qsize())

@@ -117,6 +117,61 @@ def test_generator_death_resubmits_and_every_prompt_is_accounted(tmp_path):
     assert accounting["trained"] == 12 and set(accounting["dropped"]) <= {"run_ended"}
 
 
+async def _train(source: PipelineSource, generator: ScriptedGenerator, steps: int, push_seconds: float = 0.1):
+    """Stands in for the learner's loop: take a batch, "train" 0.2 s, publish the version, push it (lands later)."""
+
+    async def push(version: int) -> None:
+        await asyncio.sleep(push_seconds)
+        generator.policy_version = version
+
+    batches, pushes = [], []
+    source.set_policy_version(0)
+    for step in range(steps):
+        batches.append(await asyncio.wait_for(source.next_batch(), 30))
+        await asyncio.sleep(0.2)
+        source.set_policy_version(step + 1)
+        pushes.append(asyncio.ensure_future(push(step + 1)))
+    await asyncio.gather(*pushes)
+    return batches
+
+
+@pytest.mark.parametrize("max_staleness", [0, 1, 2])
+def test_admission_generates_each_batch_once_within_the_bound(tmp_path, max_staleness):
+    core = _reward_core()
+    steps = 5
+
+    async def run():
+        reward = await start_server(ServerConfig(host="127.0.0.1", port=0), core)
+        generator = ScriptedGenerator()
+        server = await _generator(generator)
+        config = PipelineConfig(dataset="builtin:reverse", group_size=4, prompts_per_batch=4,
+                                max_staleness=max_staleness, retry_backoff_seconds=0.2,
+                                rewards=[RewardServiceConfig(address=f"127.0.0.1:{reward.port}", name="task")])
+        source = PipelineSource(config, [f"127.0.0.1:{server.port}"], ClientConfig(timeout_seconds=10), tmp_path,
+                                max_steps=steps)
+        await source.start()
+        batches = await _train(source, generator, steps)
+        outstanding = sum(source._outstanding.values())
+        await source.close()
+        await server.stop(0)
+        await reward.stop(0)
+        return batches, outstanding, source.stats, generator
+
+    try:
+        batches, outstanding, stats, generator = asyncio.run(run())
+    finally:
+        core.close()
+    # batch k is issued once the learner is done with batch k - s - 1, at version max(k - s, 0), and
+    # trained at version k: the lag is exactly min(k, s), never more
+    assert [{k - g.policy_version for g in b.groups} for k, b in enumerate(batches)] == \
+        [{min(k, max_staleness)} for k in range(steps)]
+    # nothing regenerated, nothing left in flight: 5 batches x 4 prompts issued and trained
+    assert (stats.issued, stats.trained, outstanding, sum(stats.dropped.values())) == (20, 20, 0, 0)
+    # one Generate call per batch with all its prompts; Score calls take every group finished together
+    assert stats.generate_calls == generator.calls == steps and len(generator.prompts) == 20
+    assert stats.batches_issued == steps and stats.score_calls < 20
+
+
 def test_on_policy_waits_for_the_generator_to_serve_the_update(tmp_path):
     core = _reward_core()
 
