@@ -1,4 +1,5 @@
-"""Prompt datasets for the pipeline: built-in tasks or local JSONL / Parquet / CSV files, with a resumable cursor."""
+"""Prompt datasets for the pipeline: built-in tasks, reasoning-gym tasks or local JSONL / Parquet / CSV files, with a
+resumable cursor."""
 
 from __future__ import annotations
 
@@ -30,13 +31,43 @@ def builtin_rows(name: str, train_size: int = 2000, eval_size: int = 200, seed: 
     return rows[:len(train)], rows[len(train):]
 
 
+REASONING_GYM = "reasoning_gym:"
+
+
+def _reasoning_gym():
+    try:
+        import reasoning_gym
+    except ImportError:
+        raise ValueError("dataset reasoning_gym:TASK needs the reasoning-gym package (pip install reasoning-gym)") from None
+    return reasoning_gym
+
+
+def reasoning_gym_rows(task: str, train_size: int = 2000, eval_size: int = 200, seed: int = 1234
+                       ) -> tuple[list[PromptRow], list[PromptRow]]:
+    """(train, eval) rows of a reasoning-gym task, generated on the spot (no download).
+
+    The prompt is the task's question; the `reasoning_gym_entry` column carries the whole entry
+    (question, answer, metadata) for the built-in `reasoning_gym` reward, which calls the task's own
+    `score_answer`. The entry goes through JSON here, as columns do on the wire, so the scorer sees
+    in training what it sees in a test.
+    """
+    entries = list(_reasoning_gym().create_dataset(task, size=train_size + eval_size, seed=seed))
+    rows = []
+    for i, entry in enumerate(entries):
+        entry = json.loads(json.dumps(entry, default=str))
+        answer = None if entry.get("answer") is None else str(entry["answer"])
+        rows.append(PromptRow(f"{task}-{i}", entry["question"], answer,
+                              {"answer": answer, "reasoning_gym_entry": entry}))
+    return rows[:train_size], rows[train_size:]
+
+
 _FORMATS = {".jsonl": "json", ".json": "json", ".parquet": "parquet", ".csv": "csv"}
 
 
 def _local_file(dataset: str) -> Path:
     path = Path(dataset)
     if path.suffix not in _FORMATS:
-        raise ValueError(f"dataset {dataset!r}: expected builtin:NAME or a .jsonl/.json/.parquet/.csv file")
+        raise ValueError(f"dataset {dataset!r}: expected builtin:NAME, reasoning_gym:TASK or a .jsonl/.json/.parquet/.csv file")
     if not path.is_file():
         raise ValueError(f"dataset {dataset!r}: {'is a folder' if path.is_dir() else 'no such file'}")
     return path
@@ -87,6 +118,11 @@ def check_dataset(dataset: str, prompt_column: str = "prompt") -> None:
         if dataset.split(":", 1)[1] not in TASKS:
             raise ValueError(f"dataset {dataset!r}: unknown built-in task; choose from {sorted(TASKS)}")
         return
+    if dataset.startswith(REASONING_GYM):
+        tasks = _reasoning_gym().factory.DATASETS
+        if dataset[len(REASONING_GYM):] not in tasks:
+            raise ValueError(f"dataset {dataset!r}: unknown reasoning-gym task; choose from {sorted(tasks)}")
+        return
     columns = dataset_columns(dataset)
     if not columns:
         raise ValueError(f"dataset {dataset!r}: no records (or its first record is not an object)")
@@ -96,9 +132,13 @@ def check_dataset(dataset: str, prompt_column: str = "prompt") -> None:
 
 def load_rows(dataset: str, prompt_column: str = "prompt", answer_column: str = "answer",
               eval_fraction: float = 0.0, seed: int = 0) -> tuple[list[PromptRow], list[PromptRow]]:
-    """(train, eval) rows; `builtin:NAME` uses tasks, anything else is a local file read with `datasets`."""
+    """(train, eval) rows; `builtin:NAME` uses tasks, `reasoning_gym:TASK` reasoning-gym, anything else is a local
+    file read with `datasets`."""
     if dataset.startswith("builtin:"):
         return builtin_rows(dataset.split(":", 1)[1], seed=1234 + seed)
+    if dataset.startswith(REASONING_GYM):
+        check_dataset(dataset)
+        return reasoning_gym_rows(dataset[len(REASONING_GYM):], seed=1234 + seed)
     path = _local_file(dataset)
     from datasets import load_dataset
 

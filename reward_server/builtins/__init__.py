@@ -10,6 +10,7 @@ from reward_server.builtins.exact_match import exact_match, normalized_match
 from reward_server.builtins.format_check import think_answer_format
 from reward_server.builtins.length import overlong_penalty
 from reward_server.builtins.math_answer import math_answer
+from reward_server.builtins.reasoning_gym_score import reasoning_gym
 
 BUILTINS: dict[str, Callable[..., Any]] = {
     "exact_match": exact_match,
@@ -18,4 +19,5 @@ BUILTINS: dict[str, Callable[..., Any]] = {
     "math_answer": math_answer,
     "code_tests": code_tests,
     "overlong_penalty": overlong_penalty,
+    "reasoning_gym": reasoning_gym,
 }
