@@ -220,6 +220,7 @@ def build_parser(cls: type[CommandConfig], prog: str, description: str = "") -> 
     parser.add_argument("--config", type=Path, help=f"TOML file; its [{cls.section}] table (or top level) is read")
     parser.add_argument("--print-config", action="store_true", help="print the resolved config as TOML and exit")
     for path, annotation, help_text in _leaf_fields(cls):
+        help_text = (help_text or "").replace("%", "%%")  # argparse %-formats help ("90 % of" broke --help)
         kind = _kind(annotation)
         dest = "cfg:" + ".".join(path)
         if kind == "bool":

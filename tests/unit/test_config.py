@@ -94,6 +94,16 @@ def test_help_lists_field_docstrings(capsys):
     assert "--server.port" in out and "Items per batch." in out
 
 
+def test_help_prints_a_percent_sign(capsys):
+    class Percent(ServiceConfig):
+        share: float = 0.9
+        """Replaced past 90 % of it (argparse read "% o" as a format)."""
+
+    with pytest.raises(SystemExit) as stop:
+        load_config(Percent, ["--help"], environ={})
+    assert stop.value.code == 0 and "past 90 % of it" in capsys.readouterr().out
+
+
 
 @pytest.mark.parametrize("value", ["", "  "])
 def test_an_empty_token_is_refused_not_read_as_no_auth(value):
