@@ -15,6 +15,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "tiny-model": ("launcher.tiny_model", "build the tiny local test/demo model into a folder"),
     "generator": ("generator.__main__", "serve rollouts from vLLM with hot-swapped LoRA adapters"),
     "reward-server": ("reward_server.__main__", "serve Python reward scripts or a reward model"),
+    "env-server": ("env_server.__main__", "serve a Python environment's multi-turn, tool-using sessions"),
     "reference": ("reference.__main__", "serve the frozen reference model's per-token log-probs"),
     "learner": ("learner.__main__", "train a LoRA adapter with DeepSpeed and push it to generators"),
     "up": ("launcher.up", "run the whole cluster as local processes (the main job)"),
