@@ -91,6 +91,7 @@ class EnvironmentCore:
         self.version = script_version(self.source, [])
         self.sessions: dict[str, _Session] = {}
         self._swept = 0.0
+        self._releasing: set[asyncio.Future] = set()
 
     def start_workers(self) -> None:
         """Starts the workers (before the gRPC server: no fork after it); ScriptError if the script cannot serve."""
@@ -152,7 +153,7 @@ class EnvironmentCore:
                 raise Rejected(f"session_id: {session_id!r} names a session started from another row or environment")
             session.touched = time.monotonic()
             return await asyncio.shield(session.start)
-        await self._sweep()
+        self._sweep()
         if len(self.sessions) >= self.config.max_sessions:
             raise Overloaded(f"max_sessions: {self.config.max_sessions} sessions are open; close finished ones")
         slot = self.pool.least_busy()
@@ -296,11 +297,18 @@ class EnvironmentCore:
 
     async def close_session(self, session_id: str) -> None:
         """Frees a session; unknown ids are accepted (Close is retried like any call)."""
+        session = self._forget(session_id)
+        if session is not None:
+            await self._release(session)
+
+    def _forget(self, session_id: str) -> _Session | None:
         session = self.sessions.pop(session_id, None)
-        if session is None:
-            return
-        session.slot.sessions -= 1
-        metrics.SESSIONS_OPEN.set(len(self.sessions))
+        if session is not None:
+            session.slot.sessions -= 1
+            metrics.SESSIONS_OPEN.set(len(self.sessions))
+        return session
+
+    async def _release(self, session: _Session) -> None:
         if session.start is not None:
             await asyncio.shield(session.start)
         await self._close_on_worker(session)
@@ -312,8 +320,9 @@ class EnvironmentCore:
                                                        session.generation))
             session.generation = -1
 
-    async def _sweep(self) -> None:
-        """Closes sessions untouched for session_idle_seconds (at most once per SWEEP_SECONDS)."""
+    def _sweep(self) -> None:
+        """Forgets sessions untouched for session_idle_seconds (at most once per SWEEP_SECONDS); their workers drop
+        them in the background, so a start never waits behind other sessions' calls."""
         now = time.monotonic()
         if now - self._swept < SWEEP_SECONDS:
             return
@@ -322,4 +331,6 @@ class EnvironmentCore:
                 if now - s.touched > self.config.session_idle_seconds and not s.busy()]
         for session_id in idle:
             metrics.SESSIONS_EXPIRED.inc()
-            await self.close_session(session_id)
+            task = asyncio.ensure_future(self._release(self._forget(session_id)))
+            self._releasing.add(task)  # a reference until done: the loop keeps only weak ones
+            task.add_done_callback(self._releasing.discard)
