@@ -15,6 +15,7 @@ from typing import Any
 from rlfleet.errors import InvalidRequest
 from rlfleet.outcomes import (
     FinishReason,
+    ItemScore,
     RewardStatus,
     finish_reason_from_proto,
     finish_reason_to_proto,
@@ -26,7 +27,7 @@ from rlfleet.v1 import common_pb2
 
 @dataclass(frozen=True)
 class TrajectoryStats:
-    """How a multi-turn trajectory went (learner.pipeline.multiturn), for metrics; not on the wire."""
+    """How a multi-turn trajectory went (learner.pipeline.multiturn), for scoring and metrics; not on the wire."""
 
     turns: int                                # model turns generated
     tool_calls: int                           # tool calls the model wrote, unreadable ones included
@@ -34,6 +35,7 @@ class TrajectoryStats:
     environment_seconds: float                # time spent in environment calls
     truncation: str = ""                      # why it was cut short (turns, tokens, turn_tokens, wall_time), or ""
     policy_versions: tuple[int, ...] = ()     # policy version of each model turn
+    environment_score: ItemScore | None = None  # the environment's get_reward(), weighted; None: it gives none
 
 
 @dataclass

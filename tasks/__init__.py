@@ -3,8 +3,10 @@
 Nothing can be downloaded here, so the demo trains on a task generated on the spot. `reverse`:
 the prompt is `reverse:abc`, the answer `cba`. A tiny model learns it as a rule (not a lookup), so
 a held-out split of unseen strings measures learning rather than memorisation. The reward
-functions that grade it live in `tasks/rewards.py`, an ordinary reward script. The learner's dataset
-code (`learner/pipeline/dataset.py`) turns these (prompt, answer) pairs into its rows.
+functions that grade it live in `tasks/rewards.py`, an ordinary reward script. `calculator`: the
+prompt is `37*58`, the answer `2146`, played over several turns with a calculator tool; its
+environment (tool and grading) is `tasks/calculator_env.py`, an ordinary environment script. The
+learner's dataset code (`learner/pipeline/dataset.py`) turns these (prompt, answer) pairs into its rows.
 """
 
 from __future__ import annotations
@@ -30,7 +32,25 @@ class ReverseTask:
         return f"reverse:{word}", word[::-1]
 
 
-TASKS = {"reverse": ReverseTask()}
+@dataclass(frozen=True)
+class CalculatorTask:
+    """Multiply two numbers of `digits` digits: past the tiny model's head, one call of the calculator tool away.
+
+    The prompt is `37*58`, the answer `2146`. The environment that serves the tool and grades the
+    answer is `tasks/calculator_env.py`; the tool-call format is taught by the warm-start phase.
+    """
+
+    digits: int = 2
+
+    def make(self, rng: random.Random) -> tuple[str, str]:
+        low, high = 10 ** (self.digits - 1), 10 ** self.digits - 1
+        a, b = rng.randint(low, high), rng.randint(low, high)
+        return f"{a}*{b}", str(a * b)
+
+
+TASKS = {"reverse": ReverseTask(), "calculator": CalculatorTask()}
+# The environment script of the built-in tasks that are played with tools (`rlfleet up --env builtin:NAME`).
+ENVIRONMENT_SCRIPTS = {"calculator": Path(__file__).with_name("calculator_env.py")}
 
 
 def builtin_items(name: str, train_size: int = 2000, eval_size: int = 200, seed: int = 1234

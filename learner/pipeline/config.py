@@ -37,12 +37,44 @@ class RewardServiceConfig(ConfigModel):
         return value
 
 
+class EnvironmentConfig(ConfigModel):
+    """Multi-turn rollouts against an environment service (learner.pipeline.multiturn): limits per trajectory."""
+
+    address: str
+    """gRPC target of the environment service, e.g. `127.0.0.1:50081` or `dns:///env:50051`."""
+    environment: str = ""
+    """Environment to run; empty: the row's `environment` column, else the service's only one."""
+    tool_call_format: Literal["json", "compact"] = "json"
+    """How the model writes tool calls: `json` is <tool_call>{"name", "arguments"}</tool_call>; `compact` is
+    name(argument), the tiny demo model's format (learner/pipeline/toolcalls.py)."""
+    max_turns: int = Field(8, ge=1)
+    """Model turns per trajectory; a trajectory that still acts after them ends truncated (reason `turns`)."""
+    max_trajectory_tokens: int = Field(1024, ge=1)
+    """Tokens after the first prompt (model turns and observations); past it the trajectory ends truncated
+    (reason `tokens`). Each turn is still at most `source.max_tokens`."""
+    max_trajectory_seconds: float = Field(300.0, gt=0)
+    """Wall time of one trajectory; checked before each turn (reason `wall_time`)."""
+    weight: float = 1.0
+    """Multiplier of the environment's reward (its get_reward()) in the sample's reward."""
+    timeout_seconds: float = Field(120.0, gt=0)
+    """Deadline of one environment call; give more than the service's call timeout."""
+    retry_seconds: float = Field(60.0, gt=0)
+    """How long a call is retried while the service is unavailable; then the rows go back to the queue."""
+
+    @field_validator("address")
+    @classmethod
+    def _is_target(cls, value: str) -> str:
+        split_target(value)
+        return value
+
+
 class PipelineConfig(ConfigModel):
     """Generate -> score -> reference log-probs -> batch, inside the learner process."""
 
     type: Literal["pipeline"] = "pipeline"
     dataset: str = "builtin:reverse"
-    """Prompts: a local JSONL / Parquet / CSV file, or `builtin:NAME` for a synthetic task (see tasks)."""
+    """Prompts: a local JSONL / Parquet / CSV file, `builtin:NAME` for a synthetic task (see tasks), or
+    `reasoning_gym:TASK` for a reasoning-gym task (score it with the built-in reward `reasoning_gym`)."""
     prompt_column: str = "prompt"
     """Dataset column holding the prompt text (or a list of chat messages)."""
     answer_column: str = "answer"
@@ -50,7 +82,10 @@ class PipelineConfig(ConfigModel):
     chat_template: bool = True
     """Render prompts with the model's chat template (a user turn plus the generation prompt)."""
     rewards: list[RewardServiceConfig] = [RewardServiceConfig(address="127.0.0.1:50061")]
-    """Reward services scoring every completion."""
+    """Reward services scoring every completion (of a multi-turn trajectory: its last model turn)."""
+    environment: EnvironmentConfig | None = None
+    """Roll out multi-turn trajectories against this environment service (tool calls, observations) instead
+    of single completions; its reward adds to the reward services'."""
     reference: str | None = None
     """gRPC target of the reference service, needed when learner.reference = 'service' and the KL is on."""
     group_size: int = Field(8, ge=1)

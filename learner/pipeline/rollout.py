@@ -45,14 +45,27 @@ class RolloutStats:
     generator_failures: int = 0
 
 
+@dataclass(frozen=True)
+class Dropped:
+    """A row a driver could not roll out for a reason of its own (its environment would not start, say)."""
+
+    prompt_id: str
+    reason: str                  # a short label: the `outcome` of rlfleet_pipeline_prompts_total
+    detail: str = ""
+
+
 class RolloutDriver(ABC):
     """Turns rows into Groups; every group it yields was generated at policy version >= `min_version`."""
 
     @abstractmethod
-    def rollout(self, rows: list[PromptRow], min_version: int) -> AsyncIterator[tuple[PromptRow, Group]]:
+    def rollout(self, rows: list[PromptRow], min_version: int) -> AsyncIterator[tuple[PromptRow, Group | Dropped]]:
         """Yields (row, group) once per row, `group.columns` set from the row; retries failed work itself.
+        A row that cannot be rolled out at all comes back as Dropped instead of a group.
 
         Cancelling the iteration (closing the generator) cancels the work in flight."""
+
+    async def close(self) -> None:
+        """Releases the driver's own connections (the pipeline closes the generator pool)."""
 
 
 class SingleTurnDriver(RolloutDriver):
@@ -113,7 +126,6 @@ class SingleTurnDriver(RolloutDriver):
         remaining: dict[str, list[PromptRow]] = {}
         for row in rows:
             remaining.setdefault(row.prompt_id, []).append(row)
-        prompts = [PromptInput.from_dataset(row.prompt_id, row.prompt, self.config.chat_template) for row in rows]
         try:
             async with self._calls, self._counted():
                 endpoint = await self.pool.acquire()
@@ -121,13 +133,13 @@ class SingleTurnDriver(RolloutDriver):
                 self.stats.generate_calls += 1
                 try:
                     await self._wait_for_version(endpoint, min_version)
-                    stream = endpoint.client.generate(prompts, self._sampling(),
-                                                      timeout=self.config.generate_timeout_seconds)
-                    async for group in stream:
-                        endpoint.policy_version = max(endpoint.policy_version, group.policy_version)
+                    async for group in self._groups(endpoint, rows):
+                        if isinstance(group, Group):
+                            endpoint.policy_version = max(endpoint.policy_version, group.policy_version)
                         row = _pop(remaining, group.prompt_id)
                         if row is not None:
-                            group.columns = dict(row.columns)
+                            if isinstance(group, Group):
+                                group.columns = dict(row.columns)
                             results.put_nowait(("group", (row, group)))
                 except (grpc.aio.AioRpcError, GeneratorLagging) as err:
                     failed = True
@@ -146,6 +158,11 @@ class SingleTurnDriver(RolloutDriver):
         left = [row for rows_of_id in remaining.values() for row in rows_of_id]
         if left:
             results.put_nowait(("retry", left))
+
+    def _groups(self, endpoint: Endpoint, rows: list[PromptRow]) -> AsyncIterator[Group | Dropped]:
+        """The rows' groups from `endpoint`, in the order they finish (learner/pipeline/multiturn.py overrides it)."""
+        prompts = [PromptInput.from_dataset(row.prompt_id, row.prompt, self.config.chat_template) for row in rows]
+        return endpoint.client.generate(prompts, self._sampling(), timeout=self.config.generate_timeout_seconds)
 
     @contextlib.asynccontextmanager
     async def _counted(self):

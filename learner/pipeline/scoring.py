@@ -25,7 +25,7 @@ from learner.pipeline.dataset import PromptRow
 from rlfleet.clients import TRANSIENT, ReferenceClient, Retry, RewardClient
 from rlfleet.config import ClientConfig
 from rlfleet.outcomes import ItemScore, RewardItem, RewardStatus, combine
-from rlfleet.rollouts import Group
+from rlfleet.rollouts import Group, Sample
 
 log = logging.getLogger(__name__)
 
@@ -40,6 +40,14 @@ def reward_items(group: Group, row: PromptRow) -> list[RewardItem]:
     if row.answer is not None:
         columns.setdefault("answer", row.answer)
     return [RewardItem(prompt, s.text, columns, len(s.token_ids), s.finish_reason) for s in group.samples]
+
+
+def _environment_part(sample: Sample) -> list[tuple[str, float, ItemScore]]:
+    """A multi-turn trajectory's own score from its environment (get_reward(), already weighted), as one more part."""
+    trajectory = sample.trajectory
+    if trajectory is None or trajectory.environment_score is None:
+        return []
+    return [("environment", 1.0, trajectory.environment_score)]
 
 
 class GroupScorer:
@@ -61,8 +69,9 @@ class GroupScorer:
         for group, _ in groups:
             errors.append([])
             for sample in group.samples:
-                score = combine((reward.name, weight, scores[i])
-                                for (reward, weight), scores in zip(self.services, per_service, strict=True))
+                score = combine([*((reward.name, weight, scores[i])
+                                   for (reward, weight), scores in zip(self.services, per_service, strict=True)),
+                                 *_environment_part(sample)])
                 sample.reward, sample.reward_components, sample.reward_status = (score.reward, score.components,
                                                                                  score.status)
                 if score.error:

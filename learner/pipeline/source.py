@@ -34,7 +34,7 @@ from learner.pipeline import metrics
 from learner.pipeline.config import PipelineConfig
 from learner.pipeline.dataset import Cursor, PromptRow, load_rows
 from learner.pipeline.generators import GeneratorPool
-from learner.pipeline.rollout import RolloutDriver, RolloutStats, SingleTurnDriver
+from learner.pipeline.rollout import Dropped, RolloutDriver, RolloutStats, SingleTurnDriver
 from learner.pipeline.scoring import GroupScorer, fill_reference
 from learner.sources import RolloutSource
 from rlfleet.clients import ReferenceClient, Retry
@@ -162,6 +162,7 @@ class PipelineSource(RolloutSource):
         for prompt_id in sorted(self._outstanding.elements()):
             self._finish(prompt_id, "run_ended")
         self.write_accounting()
+        await self.driver.close()
         await self.pool.close()
         await self.scorer.close()
         if self.reference is not None:
@@ -211,6 +212,9 @@ class PipelineSource(RolloutSource):
 
     async def _roll_out(self, slot: Slot, rows: list[PromptRow], min_version: int) -> None:
         async for row, group in self.driver.rollout(rows, min_version):
+            if isinstance(group, Dropped):
+                self._drop(slot, row, group.reason, group.detail)
+                continue
             self._to_score.append((slot, row, group))
             self._wake["score"].set()
 
