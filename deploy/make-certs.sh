@@ -3,8 +3,8 @@
 #
 # OUT_DIR gets ca.pem (give it to clients: client.tls_ca_file), ca-key.pem (keep it offline; it signs
 # more certificates), server.pem and server-key.pem (server.tls.cert_file / key_file). The server
-# certificate names generator, reward, reference, learner (their compose names and Kubernetes Service
-# names, short and namespaced), localhost (health checks inside a container) and any extra NAMEs.
+# certificate names generator, reward, env, reference, learner (their compose names and Kubernetes
+# Service names, short and namespaced), localhost (health checks inside a container) and any extra NAMEs.
 # Clients verify the service's name, also for the replicas of dns:///generator:50051 they reach by IP.
 set -euo pipefail
 
@@ -19,7 +19,7 @@ days=${RLFLEET_CERT_DAYS:-365}
 mkdir -p "$out"
 
 names=(localhost)
-for service in generator reward reference learner; do
+for service in generator reward env reference learner; do
     names+=("$service" "$service.$namespace" "$service.$namespace.svc" "$service.$namespace.svc.cluster.local")
 done
 names+=("$@")

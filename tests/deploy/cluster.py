@@ -19,6 +19,7 @@ GRPC_PORT, METRICS_PORT = 50051, 9100
 SERVICE_CONFIGS = {
     "generator": ("generator.config", "GeneratorConfig"),
     "reward-server": ("reward_server.config", "RewardConfig"),
+    "env-server": ("env_server.config", "EnvConfig"),
     "reference": ("reference.config", "ReferenceConfig"),
     "learner": ("learner.config", "LearnerConfig"),
 }
@@ -26,6 +27,7 @@ SERVICE_CONFIGS = {
 METRIC_MODULES = {
     "rlfleet_generator_": "generator.metrics",
     "rlfleet_reward_": "reward_server.metrics",
+    "rlfleet_env_": "env_server.metrics",
     "rlfleet_reference_": "reference.metrics",
     "rlfleet_learner_": "learner.metrics",
 }

@@ -56,7 +56,7 @@ def test_compose_files_validate_against_the_compose_spec():
 def test_every_rlfleet_service_is_in_every_compose_file():
     for path in COMPOSE_FILES:
         commands = {svc["command"][0] for svc in rlfleet_services(_compose(path)).values()}
-        assert commands == {"generator", "reward-server", "reference", "learner"}, path.name
+        assert commands == {"generator", "reward-server", "env-server", "reference", "learner"}, path.name
         assert {"prometheus", "grafana"} <= set(_compose(path)["services"]), path.name
 
 

@@ -26,7 +26,7 @@ OBJECTS = [doc for name in KUSTOMIZATION["resources"] for doc in load_yaml_docs(
 DEPLOYMENTS = {o["metadata"]["name"]: o for o in OBJECTS if o["kind"] == "Deployment"}
 SERVICES = {o["metadata"]["name"]: o for o in OBJECTS if o["kind"] == "Service"}
 # Where the ConfigMaps of kustomization.yaml are mounted in the pods -> their source in this folder.
-MOUNTED = {"/etc/rlfleet": K8S, "/rewards": K8S / "rewards"}
+MOUNTED = {"/etc/rlfleet": K8S, "/rewards": K8S / "rewards", "/environments": K8S / "environments"}
 
 
 def _container(name: str) -> dict:
@@ -52,15 +52,16 @@ def test_every_manifest_parses_and_names_its_kind():
     for generated in KUSTOMIZATION["configMapGenerator"]:
         for file in generated["files"]:
             assert (K8S / file).is_file(), file
-    assert sorted(DEPLOYMENTS) == sorted(SERVICES) == ["generator", "learner", "reference", "reward"]
+    assert sorted(DEPLOYMENTS) == sorted(SERVICES) == ["env", "generator", "learner", "reference", "reward"]
 
 
 def test_copies_match_the_compose_originals():
     assert (K8S / "cluster.toml").read_text() == (COMPOSE / "cluster.toml").read_text()
     assert (K8S / "rewards/reverse.py").read_text() == (COMPOSE / "rewards/reverse.py").read_text()
+    assert (K8S / "environments/calculator.py").read_text() == (COMPOSE / "environments/calculator.py").read_text()
 
 
-@pytest.mark.parametrize("name", ["generator", "reward", "reference", "learner"])
+@pytest.mark.parametrize("name", ["generator", "reward", "env", "reference", "learner"])
 def test_deployment_command_parses_and_ports_agree(name):
     container = _container(name)
     assert container["args"][0] in COMMANDS
@@ -96,6 +97,7 @@ def test_volumes_name_objects_that_exist():
 
 def test_generators_are_behind_a_headless_service_and_addresses_name_services():
     assert SERVICES["generator"]["spec"]["clusterIP"] == "None"  # DNS answers with every pod
+    assert SERVICES["env"]["spec"]["clusterIP"] == "None"  # each session's calls reach the pod that holds it
     for name in DEPLOYMENTS:
         for target in targets_in(_config(name).model_dump(mode="json")):
             _, host, port = split_target(target)

@@ -28,7 +28,8 @@ from tests.deploy.cluster import (
 MAKE_CERTS = ROOT / "deploy" / "make-certs.sh"
 TOKEN = "t0ken-for-the-test"
 # The client settings through which each service sends the token (server.auth_token: all of them).
-CLIENT_TOKENS = {"learner": ("client",), "generator": ("learner_client",), "reward-server": (), "reference": ()}
+CLIENT_TOKENS = {"learner": ("client",), "generator": ("learner_client",), "reward-server": (), "env-server": (),
+                 "reference": ()}
 
 
 def _env_file(path: Path, fill: str | None = None) -> dict[str, str]:
@@ -50,7 +51,7 @@ def _compose_config(path: Path, service: dict, environ: dict[str, str]):
 
 def _k8s_config(container: dict, environ: dict[str, str]):
     """The config a pod's container runs with: its args over the ConfigMaps (sources in deploy/k8s)."""
-    mounts = {"/etc/rlfleet": K8S, "/rewards": K8S / "rewards"}
+    mounts = {"/etc/rlfleet": K8S, "/rewards": K8S / "rewards", "/environments": K8S / "environments"}
     return load_config(config_class(container["args"][0]), translate_args(container["args"][1:], mounts),
                        environ=environ)
 
@@ -117,13 +118,14 @@ def _ingress_allowed(policies: list[dict], source: str, target: str, port: str) 
 
 def test_network_policy_lets_only_the_learner_reach_generators_reward_and_reference():
     policies = [o for o in _k8s_objects() if o["kind"] == "NetworkPolicy"]
-    pods = ["generator", "reward", "reference", "learner", "intruder"]
+    pods = ["generator", "reward", "env", "reference", "learner", "intruder"]
     grpc = {(s, t) for s in pods for t in pods if s != t and _ingress_allowed(policies, s, t, "grpc")}
-    assert grpc == {("learner", "generator"), ("learner", "reward"), ("learner", "reference"),
+    assert grpc == {("learner", "generator"), ("learner", "reward"), ("learner", "env"), ("learner", "reference"),
                     ("generator", "learner")}
     assert all(_ingress_allowed(policies, s, t, "metrics") for s in pods for t in pods)  # Prometheus scrapes
     (no_egress,) = [p["spec"] for p in policies if "Egress" in p["spec"]["policyTypes"]]
-    assert _selects(no_egress["podSelector"], {"app.kubernetes.io/name": "reward"}) and no_egress["egress"] == []
+    for code in ("reward", "env"):  # the pods where user code runs
+        assert _selects(no_egress["podSelector"], {"app.kubernetes.io/name": code}) and no_egress["egress"] == []
     ports = {p["name"] for o in _k8s_objects() if o["kind"] == "Deployment"
              for p in o["spec"]["template"]["spec"]["containers"][0]["ports"]}
     assert ports == {"grpc", "metrics"}  # the named ports the policies refer to
@@ -138,7 +140,7 @@ def certs(tmp_path_factory) -> Path:
 
 def test_made_certificates_serve_tls_under_every_service_name(certs):
     """A server with make-certs.sh's files answers `rlfleet health` verifying each name clients will use."""
-    names = ["generator", "reward", "reference", "learner", "localhost", "reward.rlfleet.svc", "extra.example"]
+    names = ["generator", "reward", "env", "reference", "learner", "localhost", "reward.rlfleet.svc", "extra.example"]
 
     async def run():
         server = GrpcServer(ServerConfig(host="127.0.0.1", port=0, tls=TlsConfig(
