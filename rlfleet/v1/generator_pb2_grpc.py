@@ -64,8 +64,9 @@ class GeneratorServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def LoadAdapter(self, request_iterator, context):
-        """Receives a PEFT LoRA adapter (header, then data chunks), verifies it and serves it as the
-        newest policy version. A rejected adapter leaves the previous version serving.
+        """Receives a PEFT LoRA adapter (header, then data chunks), verifies it (INVALID_ARGUMENT naming
+        the field for a malformed stream, safetensors file or LoRA config, or any non-finite value)
+        and serves it as the newest policy version. A rejected adapter leaves the previous version serving.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
