@@ -21,7 +21,7 @@ from __future__ import annotations
 import json
 import time
 import uuid
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import grpc
@@ -138,13 +138,16 @@ class EnvironmentClient(ChannelClient):
     """One environment service (every replica of a `dns:///` target); a session stays on the replica that started it."""
 
     def __init__(self, target: str, config: ClientConfig | None = None, timeout: float | None = None,
-                 retry: Retry | None = None, name: str = "", refresh_seconds: float = 10.0):
+                 retry: Retry | None = None, name: str = "", refresh_seconds: float = 10.0,
+                 resolve: Callable[[str], list[str]] = expand_target):
         super().__init__(target, config)
         self.name = name or target
         self.timeout = timeout or self.config.timeout_seconds
         """Deadline of one attempt of a call, in seconds (give more than the service's call_timeout_seconds)."""
         self.retry = retry
         self.refresh_seconds = refresh_seconds
+        self.resolve = resolve
+        """target -> the addresses of its replicas (tests give a fixed list)."""
         self._stubs: dict[str, environment_pb2_grpc.EnvironmentServiceStub] = {
             target: environment_pb2_grpc.EnvironmentServiceStub(self._channel)}
         self._channels = []
@@ -162,7 +165,7 @@ class EnvironmentClient(ChannelClient):
     def _pick_replica(self) -> str:
         """The next replica in turn; the target itself while its name resolves to nothing."""
         if time.monotonic() - self._resolved_at > self.refresh_seconds:
-            self._replicas, self._resolved_at = expand_target(self.target), time.monotonic()
+            self._replicas, self._resolved_at = self.resolve(self.target), time.monotonic()
         if not self._replicas:
             return self.target
         self._next += 1

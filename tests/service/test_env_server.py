@@ -159,6 +159,27 @@ def test_multi_turn_session(tmp_path):
     assert scraped[("rlfleet_env_sessions_open", ())] == 0  # a gauge: 0 less 0 before
 
 
+def test_sessions_stay_on_the_replica_that_started_them(tmp_path):
+    """Two replicas behind one name: starts alternate, and every later call reaches the session's own replica."""
+    async def run():
+        replicas = [await _serve(tmp_path, workers=1) for _ in range(2)]
+        addresses = [f"127.0.0.1:{server.port}" for server, _ in replicas]
+        async with EnvironmentClient("dns:///env:50051", timeout=10, resolve=lambda target: addresses) as env:
+            sessions = [await env.start({"start": 10 * i}) for i in range(4)]
+            steps = [await s.step(ToolCall.of("add", n=1)) for s in sessions]
+            scores = [await s.finish() for s in sessions]
+        for server, core in replicas:
+            await _stop(server, core)
+        return addresses, sessions, steps, scores
+
+    addresses, sessions, steps, scores = asyncio.run(run())
+    # round robin from the second address: sessions 0 and 2 on one replica, 1 and 3 on the other
+    assert [s.address for s in sessions] == [addresses[1], addresses[0], addresses[1], addresses[0]]
+    assert [s.observation for s in sessions] == [f"total {10 * i}; reset {1 + i // 2} in this worker" for i in range(4)]
+    assert [s.observation for s in steps] == ["1", "11", "21", "31"]  # each start's total + 1: its own instance
+    assert [s.reward for s in scores] == [1.5, 11.5, 21.5, 31.5]
+
+
 def test_model_mistakes_are_statuses_and_the_session_goes_on(tmp_path):
     calls = [ToolCall.of("multiply", n=2), ToolCall("add", '{"n": '), ToolCall("add", "[1]"), ToolCall.of("add", n="2"),
              ToolCall.of("add"), ToolCall.of("add", n=1, m=2), ToolCall.of("add", n=1.5), ToolCall.of("add", n=5)]
