@@ -36,6 +36,7 @@ from learner.config import LearnerConfig
 from learner.push import AdapterPusher, serialise_adapter
 from learner.sources import RolloutSource
 from learner.trainer import Trainer
+from rlfleet import cpu
 from rlfleet.adapters import AdapterPayload, adapter_from_dir, write_adapter_dir
 from rlfleet.rollouts import Batch
 
@@ -93,6 +94,7 @@ class TrainingLoop:
 
     async def run(self) -> LearnerState:
         self.run_dir.mkdir(parents=True, exist_ok=True)
+        cpu.own_thread("pipeline")  # this event loop runs the pipeline's calls while the trainer's threads compute
         try:
             log.info("learner run %s", self.status.run_id)
             if self.config.checkpoint.resume:
@@ -116,14 +118,16 @@ class TrainingLoop:
     async def iteration(self) -> None:
         """One step: collect_rollouts -> train_step -> push_weights -> (checkpoint)."""
         start = time.perf_counter()
-        batch = await self.collect_rollouts()
+        with cpu.phase("wait"):
+            batch = await self.collect_rollouts()
         batch = self.admit(batch) if batch is not None else None
         if batch is None:
             return
         wait = time.perf_counter() - start
         self.status.state = "training"
         trained_from = self.status.policy_version
-        result = await asyncio.to_thread(self._mirrored, "train", batch, trained_from)
+        with cpu.phase("train"):  # the trainer names its parts (forward_backward, optimizer)
+            result = await asyncio.to_thread(self._mirrored, "train", batch, trained_from)
         metrics.DROPPED_GROUPS.inc(result.dropped_groups)
         if result.skipped_updates:
             self.report_skipped(batch, result.skipped_updates, result.updates, result.metrics)
@@ -135,7 +139,8 @@ class TrainingLoop:
         self.status.policy_version = self.status.step
         self.status.last_staleness = int(result.metrics["staleness_max"])
         push_start = time.perf_counter()
-        await self.push_weights()
+        with cpu.phase("push"):
+            await self.push_weights()
         push = time.perf_counter() - push_start
         self.source.set_policy_version(self.status.policy_version)
         self.source.set_limits(self.limits())
@@ -146,7 +151,8 @@ class TrainingLoop:
                   "tokens_per_second": result.trained_tokens / train if train > 0 else 0.0}
         self.log_step(record)
         if self.status.step - self._last_checkpoint >= self.config.checkpoint.every_steps:
-            await asyncio.to_thread(self.checkpoint)
+            with cpu.phase("checkpoint"):
+                await asyncio.to_thread(self.checkpoint)
 
     def limits(self) -> BatchLimits:
         """What a batch must fit now: the model's vocabulary and length, and the newest policy version."""

@@ -41,6 +41,7 @@ from learner.batching import PaddedBatch, micro_batches, minibatch_rows, pad_bat
 from learner.config import LearnerConfig
 from learner.engine import PolicyEngine
 from learner.objective import select_objective
+from rlfleet import cpu
 from rlfleet.errors import InvalidRequest
 from rlfleet.rollouts import Batch
 
@@ -106,6 +107,7 @@ class Trainer:
             padded.mask = overlong_mask(padded.truncated, padded.mask)  # [B, T]
         timings: dict[str, float] = defaultdict(float)
         start = time.perf_counter()
+        cpu.switch("reference_and_old")
         prepared = self.prepare(padded)
         timings["reference_and_old_seconds"] = time.perf_counter() - start
         advantages = prepared.advantages
@@ -204,8 +206,10 @@ class Trainer:
         state stay as they were.
         """
         start = time.perf_counter()
+        cpu.switch("forward_backward")
         sums = self.accumulate(prepared, rows)
         middle = time.perf_counter()
+        cpu.switch("optimizer")
         if not math.isfinite(sums["loss"]) or not self.engine.gradients_finite():
             self.engine.discard_gradients()
             timings["forward_backward_seconds"] += middle - start

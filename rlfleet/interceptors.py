@@ -15,7 +15,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 import grpc
 from grpc import aio
 
-from rlfleet import errors
+from rlfleet import cpu, errors
 from rlfleet.metrics import AUTH_FAILURES, RPC_IN_FLIGHT, RPC_LATENCY, RPC_REQUESTS
 
 log = logging.getLogger(__name__)
@@ -188,11 +188,13 @@ class ErrorAndMetricsInterceptor(aio.ServerInterceptor):
         RPC_REQUESTS.labels(self.service, method, name).inc()
         RPC_LATENCY.labels(self.service, method).observe(time.perf_counter() - start)
         RPC_IN_FLIGHT.labels(self.service).dec()
+        cpu.rpc_ended(method)
 
     def _unary(self, fn: Callable[..., Awaitable], method: str, limit: CallLimit | None, streaming: bool):
         async def wrapped(request, context):
             start = time.perf_counter()
             RPC_IN_FLIGHT.labels(self.service).inc()
+            cpu.rpc_started(method)
             admitted = limit is None or limit.acquire()
             try:
                 if not admitted:
@@ -215,6 +217,7 @@ class ErrorAndMetricsInterceptor(aio.ServerInterceptor):
         async def wrapped(request, context):
             start = time.perf_counter()
             RPC_IN_FLIGHT.labels(self.service).inc()
+            cpu.rpc_started(method)
             admitted = limit is None or limit.acquire()
             try:
                 if not admitted:

@@ -31,6 +31,7 @@ from grpc import aio
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from rlfleet import cpu
 from rlfleet.config import ServerConfig
 from rlfleet.interceptors import BearerTokenInterceptor, CallLimits, ErrorAndMetricsInterceptor, ReadinessGate
 from rlfleet.metrics import SERVICE_UP, start_metrics_server
@@ -132,6 +133,7 @@ class GrpcServer:
             await self.health.set(service, health_pb2.HealthCheckResponse.NOT_SERVING)
         await self.grpc.start()
         self.metrics_port = start_metrics_server(self.config.metrics_port, self.config.metrics_host or self.config.host)
+        cpu.start_account(self.name)
         SERVICE_UP.labels(self.name).set(0)
         log.info("%s listening on %s:%d (NOT_SERVING until ready)", self.name, self.config.host, self.port)
         return self.port
@@ -170,6 +172,8 @@ class GrpcServer:
         for service in ["", *self._services]:
             await self.health.set(service, status)
         SERVICE_UP.labels(self.name).set(1 if ready else 0)
+        if ready:
+            cpu.ready()
         log.info("%s %s", self.name, "SERVING" if ready else "NOT_SERVING")
 
     async def stop(self, grace: float | None = None) -> None:
