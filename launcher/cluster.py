@@ -27,6 +27,7 @@ class Service:
     port: int
     metrics_port: int
     threads: int = 1             # OMP/MKL threads: two cores are shared by every process
+    cpus: frozenset[int] | None = None  # CPU affinity (inherited by its threads and children); None: any
     env: dict[str, str] = field(default_factory=dict)
     process: subprocess.Popen | None = None
     log_path: Path | None = None
@@ -74,6 +75,9 @@ class LocalCluster:
         with open(service.log_path, "ab") as log:
             service.process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env,
                                                start_new_session=True, cwd=os.getcwd())
+        if service.cpus is not None:
+            # Set before the child's interpreter has started a thread or a child: all of them inherit it.
+            os.sched_setaffinity(service.process.pid, service.cpus)
         self.services.append(service)
         return service
 

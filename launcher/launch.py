@@ -104,14 +104,18 @@ def start_services(cluster: LocalCluster, config: UpConfig, cluster_toml: Path, 
                    ) -> list[Service]:
     """Reward, reference and generators (the learner comes after the first evaluation)."""
     common = ["--config", str(cluster_toml)]
-    services = [cluster.start(Service("reward", "reward-server", common, ports.reward, ports.metrics(ports.reward)))]
+    threads, cpus = config.placement("reward")
+    services = [cluster.start(Service("reward", "reward-server", common, ports.reward, ports.metrics(ports.reward),
+                                      threads=threads, cpus=cpus))]
     if with_reference:
+        threads, cpus = config.placement("reference")
         services.append(cluster.start(Service("reference", "reference", common, ports.reference,
-                                              ports.metrics(ports.reference))))
+                                              ports.metrics(ports.reference), threads=threads, cpus=cpus)))
     env = {"VLLM_CPU_KVCACHE_SPACE": "1"}
+    threads, cpus = config.placement("generator")
     for i, port in enumerate(ports.generators):
         services.append(cluster.start(Service(f"generator-{i}", "generator", common, port, ports.metrics(port),
-                                              threads=2, env=env)))
+                                              threads=threads, cpus=cpus, env=env)))
     return services
 
 
@@ -153,8 +157,9 @@ def wait_for_version(address: str, version: int, timeout: float = 60.0) -> int:
 
 def train(cluster: LocalCluster, config: UpConfig, cluster_toml: Path, ports: Ports, run_dir: Path) -> Service:
     """Starts the learner and shows progress until it exits; raises ClusterError if it fails."""
+    threads, cpus = config.placement("learner")
     learner = cluster.start(Service("learner", "learner", ["--config", str(cluster_toml)], ports.learner,
-                                    ports.metrics(ports.learner), threads=2))
+                                    ports.metrics(ports.learner), threads=threads, cpus=cpus))
     view = ProgressView(run_dir / "metrics.jsonl", config.steps, config.progress)
     while learner.alive():
         view.poll()

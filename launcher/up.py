@@ -14,11 +14,12 @@ measures the held-out reward again and leaves everything in the run directory:
 from __future__ import annotations
 
 import logging
+import os
 import sys
 from pathlib import Path
 from typing import ClassVar, Literal
 
-from pydantic import Field
+from pydantic import Field, field_validator
 
 from rlfleet.config import CommandConfig, load_config
 
@@ -76,6 +77,63 @@ class UpConfig(CommandConfig):
     """Write RUN_DIR/training.png at the end."""
     seed: int = 0
     """Seed of model building, sampling and training."""
+    cpus: list[str] = []
+    """CPU affinity per service as SERVICE=CPUS (generator, reward, reference, learner; CPUS like 0, 0-3 or 0,2),
+    e.g. `--cpus generator=0 learner=1`: on a small machine, keeps the services from taking each other's cores."""
+    threads: list[str] = []
+    """OpenMP / torch threads per service as SERVICE=N; default: the number of CPUs it is pinned to, else 2 for
+    the generator and the learner and 1 for the reward and reference services."""
+
+    @field_validator("cpus")
+    @classmethod
+    def _check_cpus(cls, entries: list[str]) -> list[str]:
+        for name, value in _pairs(entries).items():
+            parse_cpus(value, name)
+        return entries
+
+    @field_validator("threads")
+    @classmethod
+    def _check_threads(cls, entries: list[str]) -> list[str]:
+        for name, value in _pairs(entries).items():
+            if not value.isdigit() or int(value) < 1:
+                raise ValueError(f"{name}={value}: the number of threads must be a whole number >= 1")
+        return entries
+
+    def placement(self, service: str) -> tuple[int, frozenset[int] | None]:
+        """(threads, CPUs or None) of a service: generator, reward, reference or learner."""
+        cpus = _pairs(self.cpus).get(service)
+        pinned = parse_cpus(cpus, service) if cpus is not None else None
+        default = len(pinned) if pinned else (2 if service in ("generator", "learner") else 1)
+        return int(_pairs(self.threads).get(service, default)), pinned
+
+
+SERVICES = ("generator", "reward", "reference", "learner")
+
+
+def _pairs(entries: list[str]) -> dict[str, str]:
+    """SERVICE=VALUE entries as a dict; an unknown service or a missing `=` raises ValueError naming the entry."""
+    found = {}
+    for entry in entries:
+        name, sep, value = entry.partition("=")
+        if not sep or name not in SERVICES:
+            raise ValueError(f"{entry!r}: expected SERVICE=VALUE with SERVICE one of {', '.join(SERVICES)}")
+        found[name] = value
+    return found
+
+
+def parse_cpus(text: str, service: str) -> frozenset[int]:
+    """`0`, `0-3` or `0,2-3` as a set of CPU numbers this process may use; ValueError naming the service otherwise."""
+    cpus: set[int] = set()
+    try:
+        for part in text.split(","):
+            low, _, high = part.partition("-")
+            cpus.update(range(int(low), int(high or low) + 1))
+    except ValueError:
+        raise ValueError(f"{service}={text}: expected CPU numbers like 0, 0-3 or 0,2") from None
+    available = os.sched_getaffinity(0) if hasattr(os, "sched_getaffinity") else set(range(os.cpu_count() or 1))
+    if not cpus or not cpus <= available:
+        raise ValueError(f"{service}={text}: this machine offers CPUs {sorted(available)}")
+    return frozenset(cpus)
 
 
 def main(argv: list[str] | None = None) -> int:

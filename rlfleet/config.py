@@ -9,8 +9,8 @@ Each service declares one `ServiceConfig` subclass whose fields carry a one-line
   file describes the whole cluster; a file without the service's table is read from its top level.
 - Environment variables `RLFLEET_<FIELD>` (nested fields joined by `__`, e.g.
   `RLFLEET_SERVER__PORT=50052`) override the file.
-- Flags override both. Nested fields are dotted (`--server.port`), lists repeat the flag, dicts
-  and lists of objects take JSON. `--print-config` prints the resolved config as TOML and exits.
+- Flags override both. Nested fields are dotted (`--server.port`), lists take several values or
+  repeat the flag, dicts and lists of objects take JSON. `--print-config` prints the resolved config as TOML and exits.
 
 A value or file the user must fix raises `ConfigError`, whose message names the option or file;
 `rlfleet.cli` prints it as one message and exits 2, with no traceback.
@@ -226,8 +226,8 @@ def build_parser(cls: type[CommandConfig], prog: str, description: str = "") -> 
         if kind == "bool":
             parser.add_argument(_flag(path), dest=dest, action=argparse.BooleanOptionalAction, help=help_text)
         elif kind == "list":
-            parser.add_argument(_flag(path), dest=dest, action="append", metavar="VALUE",
-                                help=help_text + " (repeat the flag for several)")
+            parser.add_argument(_flag(path), dest=dest, action="extend", nargs="+", metavar="VALUE",
+                                help=help_text + " (several values, or the flag repeated)")
         else:
             metavar = "JSON" if kind == "json" else "VALUE"
             parser.add_argument(_flag(path), dest=dest, metavar=metavar, help=help_text)
