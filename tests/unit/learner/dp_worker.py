@@ -27,7 +27,7 @@ def main(model: str, run_dir: str) -> int:
         follow(trainer, config)
         return 0
     batches = [fixed_batch(f"b{i}", seed=20 + i, groups=3) for i in range(2)]
-    loop = TrainingLoop(config, trainer, FixedSource(batches), AdapterPusher(config.push, config.client))
+    loop = TrainingLoop(config, trainer, FixedSource(batches), AdapterPusher([], config.push, config.client))
     asyncio.run(loop.run())
     return 0
 

@@ -118,7 +118,7 @@ class FixedSource(RolloutSource):
 
 def _run(config: LearnerConfig, batches, stop_after: int | None = None) -> tuple[dict[str, torch.Tensor], TrainingLoop]:
     trainer = Trainer(config, PolicyEngine(config))
-    loop = TrainingLoop(config, trainer, FixedSource(batches), AdapterPusher(config.push, config.client))
+    loop = TrainingLoop(config, trainer, FixedSource(batches), AdapterPusher([], config.push, config.client))
     if stop_after is not None:  # what SIGTERM does: finish the step, checkpoint, return
         loop.on_step.append(lambda record: loop.request_stop() if record["step"] == stop_after else None)
     asyncio.run(loop.run())
