@@ -161,10 +161,10 @@ def test_scoring_past_its_deadline_ends_as_timeout_not_an_endless_retry(tmp_path
                              ClientConfig(max_attempts=1), timeout=1.0, backoff=0.1)
         start = time.perf_counter()
         late = _group("5", "5")
-        late_errors = await scorer.score(late, PromptRow("g", "p"))
+        [late_errors] = await scorer.score([(late, PromptRow("g", "p"))])
         late_seconds = time.perf_counter() - start
         fast = _group("0")
-        fast_errors = await scorer.score(fast, PromptRow("g", "p"))  # the service kept serving
+        [fast_errors] = await scorer.score([(fast, PromptRow("g", "p"))])  # the service kept serving
         await scorer.close()
         await server.stop(0)
         core.close()
