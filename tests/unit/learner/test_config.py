@@ -24,8 +24,16 @@ def test_refused_settings_name_the_flag():
         load_config(LearnerConfig, ["--model", "m", "--deepspeed.zero-stage", "4"], environ={})
     with pytest.raises(SystemExit, match="--model"):
         load_config(LearnerConfig, [], environ={})
-    with pytest.raises(SystemExit, match="value head"):
-        load_config(LearnerConfig, ["--model", "m", "--algo.advantage", '{"type": "gae"}'], environ={})
+    with pytest.raises(SystemExit, match="--algo.value.warmup-steps"):
+        load_config(LearnerConfig, ["--model", "m", "--algo.value.warmup-steps", "-1"], environ={})
+
+
+def test_gae_is_accepted_with_its_critic_settings():
+    config = load_config(LearnerConfig, ["--model", "m", "--algo.advantage", '{"type": "gae", "lam": 0.9}',
+                                         "--algo.value.lr", "1e-4", "--algo.value.warmup-steps", "2",
+                                         "--epochs-per-batch", "2", "--minibatches-per-batch", "4"], environ={})
+    assert config.algo.needs_critic and config.algo.value.lr == 1e-4 and config.algo.value.warmup_steps == 2
+    assert config.updates_per_batch == 8
 
 
 def test_every_field_is_documented():
