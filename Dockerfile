@@ -51,9 +51,6 @@ RUN --mount=type=secret,id=pip_ca \
 FROM cpu-base AS cpu
 COPY --from=cpu-deps /opt/venv /opt/venv
 RUN useradd --create-home --uid 10001 rlfleet && mkdir -p /models /runs && chown rlfleet /models /runs
-# The code last, from the build context mounted for this step only: an edit rebuilds this small layer
-# and nothing else.
-RUN --mount=type=bind,target=/src,rw pip install -q --no-deps --no-build-isolation /src
 USER rlfleet
 WORKDIR /home/rlfleet
 # Made here so that named volumes mounted on them start out owned by this user.
@@ -62,6 +59,14 @@ ENV TORCH_EXTENSIONS_DIR=/home/rlfleet/.cache/torch_extensions \
     LD_PRELOAD=libtcmalloc_minimal.so.4 \
     VLLM_CPU_KVCACHE_SPACE=1 \
     HEALTH_PORT=50051
+# DeepSpeed's CPU shared-memory op, which the learner's first initialize compiles (35-110 s, in every
+# new container): compiled once here. Its flags are -O2 -fopenmp, no -march=native, so it runs on any x86-64.
+RUN python -c "from deepspeed.ops.op_builder.cpu import ShareMemCommBuilder; ShareMemCommBuilder().load()"
+# The code last, from the build context mounted for this step only: an edit rebuilds this small layer
+# and nothing else.
+USER root
+RUN --mount=type=bind,target=/src,rw pip install -q --no-deps --no-build-isolation /src
+USER rlfleet
 EXPOSE 50051 9100
 # Ports by convention: gRPC 50051, Prometheus /metrics 9100 (set in the cluster TOML, not here: an
 # RLFLEET_* variable would silently override the file). HEALTH_PORT only tells the probe where to ask.

@@ -21,6 +21,16 @@ log = logging.getLogger(__name__)
 SERVICE = "rlfleet.v1.LearnerService"
 
 
+def progress_logger(max_steps: int):
+    """One INFO line per training step: the progress a container log (`docker compose logs learner`) shows."""
+    def log_step(record: dict) -> None:
+        log.info("step %d/%d  reward %.3f  kl %.5f  len %.1f  stale %d  %.2fs/step", record["step"], max_steps,
+                 record.get("reward_mean", float("nan")), record.get("kl", 0.0),
+                 record.get("response_length_mean", 0.0), int(record.get("staleness_max", 0)),
+                 record.get("step_seconds", 0.0))
+    return log_step
+
+
 class LearnerServer:
     """Serves LearnerService while the loop trains; `run` returns when training ends or on SIGTERM."""
 
@@ -42,7 +52,8 @@ class LearnerServer:
         self.grpc.add_servicer(learner_pb2_grpc.add_LearnerServiceServicer_to_server, servicer)
         engine = await asyncio.to_thread(PolicyEngine, self.config)
         trainer = Trainer(self.config, engine)
-        self.loop = TrainingLoop(self.config, trainer, source, self.pusher, status=status)
+        self.loop = TrainingLoop(self.config, trainer, source, self.pusher, status=status,
+                                 on_step=[progress_logger(self.config.max_steps)])
         await self.grpc.set_ready()
         return port
 

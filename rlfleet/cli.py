@@ -13,6 +13,7 @@ import sys
 # name -> (module with a `main(argv) -> int`, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
     "tiny-model": ("launcher.tiny_model", "build the tiny local test/demo model into a folder"),
+    "warm-start": ("launcher.warmstart", "supervised warm-start of the tiny model on a task (the first phase of up)"),
     "generator": ("generator.__main__", "serve rollouts from vLLM with hot-swapped LoRA adapters"),
     "reward-server": ("reward_server.__main__", "serve Python reward scripts or a reward model"),
     "env-server": ("env_server.__main__", "serve a Python environment's multi-turn, tool-using sessions"),

@@ -156,6 +156,6 @@ def test_build_context_is_an_allowlist_of_every_installed_package():
     allowed = {p[1:] for p in patterns if p.startswith("!")}
     pyproject = tomllib.loads((ROOT / "pyproject.toml").read_text())
     packages = {p.rstrip("*") for p in pyproject["tool"]["setuptools"]["packages"]["find"]["include"]}
-    assert allowed == packages | {"pyproject.toml", "README.md", "wheels"}
-    for package in packages:
-        assert (ROOT / package).is_dir(), package
+    assert packages <= allowed, packages - allowed  # a package left out of the context is missing in the image
+    for name in allowed - {"wheels"}:
+        assert (ROOT / name).exists(), name
