@@ -55,6 +55,9 @@ class GeneratorConfig(ServiceConfig):
     """Disable CUDA graphs / torch.compile (start-up time over throughput; needed on the CPU)."""
     enable_prefix_caching: bool = True
     """Share the KV cache of a prompt's prefix between the n samples of a group and across calls."""
+    block_size: int | None = Field(None, ge=1)
+    """KV-cache block size in tokens; unset: vLLM's default (16 on GPUs, 128 on the CPU). Prefixes are cached in
+    whole blocks, so a multi-turn conversation shorter than a block re-prefills every turn (CPU: a multiple of 32)."""
     seed: int = 0
     """Engine seed (requests without their own seed draw from it)."""
 

@@ -11,6 +11,7 @@ import logging
 import socket
 from pathlib import Path
 
+from launcher.environment import check_env_option, uses_reward_service
 from launcher.launch import Ports
 from launcher.up import BUILTIN_MODEL, UpConfig
 from rlfleet.config import ConfigError, check_model_path
@@ -26,10 +27,12 @@ def check_inputs(config: UpConfig) -> None:
             raise ConfigError(f"--model: unknown built-in model {config.model!r}; the only one is {BUILTIN_MODEL!r}")
     else:
         check_model_path(config.model, "--model")
+    check_env_option(config)   # before the dataset: a built-in environment names the dataset too
     check_dataset_option(config.dataset)
     check_ports_free(used_ports(config))
-    check_reward_script(config.reward_script or REWARD_SCRIPT, config.reward,
-                        "--reward-script" if config.reward_script else "--reward")
+    if uses_reward_service(config):
+        check_reward_script(config.reward_script or REWARD_SCRIPT, config.reward,
+                            "--reward-script" if config.reward_script else "--reward")
 
 
 def check_dataset_option(dataset: str) -> None:
@@ -44,7 +47,11 @@ def check_dataset_option(dataset: str) -> None:
 def used_ports(config: UpConfig) -> list[int]:
     """Every gRPC and /metrics port the cluster will bind (see launcher.launch.Ports)."""
     ports = Ports.from_base(config.base_port, config.generators)
-    grpc_ports = [*ports.generators, ports.reward, ports.learner]
+    grpc_ports = [*ports.generators, ports.learner]
+    if uses_reward_service(config):
+        grpc_ports.append(ports.reward)
+    if config.env is not None:
+        grpc_ports.append(ports.environment)
     if config.reference_service and config.kl_coef > 0:
         grpc_ports.append(ports.reference)
     return sorted(grpc_ports + [Ports.metrics(p) for p in grpc_ports])
@@ -77,7 +84,7 @@ def check_reward_script(script: Path, rewards: list[str], option: str) -> None:
 
     from reward_server.config import RewardConfig
     from reward_server.core import RewardCore
-    from reward_server.scripts import ScriptError
+    from rlfleet.workers.scripts import ScriptError
 
     if not Path(script).is_file():
         raise ConfigError(f"--reward-script: no such file: {script}")

@@ -12,6 +12,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from launcher.cluster import ClusterError, LocalCluster, Service
+from launcher.environment import add_env_tables, tool_warm_start, uses_reward_service
 from launcher.progress import ProgressView
 from launcher.up import BUILTIN_MODEL, UpConfig
 from rlfleet.config import to_toml
@@ -26,10 +27,11 @@ class Ports:
     reward: int
     reference: int
     learner: int
+    environment: int
 
     @classmethod
     def from_base(cls, base: int, generators: int) -> Ports:
-        return cls([base + i for i in range(generators)], base + 20, base + 30, base + 40)
+        return cls([base + i for i in range(generators)], base + 20, base + 30, base + 40, base + 50)
 
     @staticmethod
     def metrics(grpc_port: int) -> int:
@@ -50,6 +52,10 @@ class Summary:
     heldout_after: float | None
     wall_seconds: float
     warmstart_seconds: float
+    heldout_tool_calls_before: float | None = None   # with --env: held-out trajectories that called a tool
+    heldout_tool_calls_after: float | None = None
+    tool_calls_first_steps: float | None = None      # with --env: training trajectories that called a tool
+    tool_calls_last_steps: float | None = None
 
 
 def prepare_model(config: UpConfig, run_dir: Path) -> tuple[str, float]:
@@ -63,6 +69,8 @@ def prepare_model(config: UpConfig, run_dir: Path) -> tuple[str, float]:
     base = build_tiny_model(run_dir / "models" / "tiny", TinyModelSpec(seed=config.seed))
     if config.warmstart_steps == 0 or not config.dataset.startswith("builtin:"):
         return str(base), 0.0
+    if config.env is not None:
+        return tool_warm_start(config, base, run_dir)
     train_rows, _ = builtin_rows(config.dataset.split(":", 1)[1], seed=1234 + config.seed)
     print(f"phase 1/3  supervised warm-start of the tiny model: {config.warmstart_steps} steps on "
           f"{config.dataset} (teaches the answer format; RL does the rest)", flush=True)
@@ -75,7 +83,7 @@ def cluster_tables(config: UpConfig, model: str, run_dir: Path, ports: Ports) ->
     """One table per service; the same tables a compose deployment reads (compose/cluster*.toml)."""
     reward_script = str(config.reward_script or REWARD_SCRIPT)
     reference = config.reference_service and config.kl_coef > 0
-    return {
+    tables = {
         "generator": {"model": model, "dtype": "float32", "enforce_eager": True, "gpu_memory_utilization": 0.1,
                       "kv_cache_space_gib": 1, "keep_versions": config.max_staleness + 2,
                       "max_lora_rank": config.lora_rank, "seed": config.seed, "max_model_len": 512},
@@ -98,15 +106,24 @@ def cluster_tables(config: UpConfig, model: str, run_dir: Path, ports: Ports) ->
             },
         },
     }
+    if config.env is not None:
+        add_env_tables(tables, config, f"127.0.0.1:{ports.environment}")
+    return tables
 
 
 def start_services(cluster: LocalCluster, config: UpConfig, cluster_toml: Path, ports: Ports, with_reference: bool
                    ) -> list[Service]:
-    """Reward, reference and generators (the learner comes after the first evaluation)."""
+    """Reward (or environment), reference and generators (the learner comes after the first evaluation)."""
     common = ["--config", str(cluster_toml)]
-    threads, cpus = config.placement("reward")
-    services = [cluster.start(Service("reward", "reward-server", common, ports.reward, ports.metrics(ports.reward),
-                                      threads=threads, cpus=cpus))]
+    services = []
+    if uses_reward_service(config):
+        threads, cpus = config.placement("reward")
+        services.append(cluster.start(Service("reward", "reward-server", common, ports.reward,
+                                              ports.metrics(ports.reward), threads=threads, cpus=cpus)))
+    if config.env is not None:
+        threads, cpus = config.placement("environment")
+        services.append(cluster.start(Service("environment", "env-server", common, ports.environment,
+                                              ports.metrics(ports.environment), threads=threads, cpus=cpus)))
     if with_reference:
         threads, cpus = config.placement("reference")
         services.append(cluster.start(Service("reference", "reference", common, ports.reference,
@@ -119,10 +136,11 @@ def start_services(cluster: LocalCluster, config: UpConfig, cluster_toml: Path, 
     return services
 
 
-def heldout_reward(config: UpConfig, tables: dict, label: str) -> float | None:
-    """Greedy held-out reward through the running generators and reward service."""
+def heldout_reward(config: UpConfig, tables: dict, label: str) -> tuple[float | None, float | None]:
+    """Greedy held-out reward through the running generators and reward service, and (with --env) the
+    fraction of held-out trajectories that called a tool."""
     if config.eval_rows == 0:
-        return None
+        return None, None
     from learner.config import LearnerConfig
     from learner.pipeline.dataset import load_rows
     from learner.pipeline.evaluate import evaluate
@@ -135,7 +153,10 @@ def heldout_reward(config: UpConfig, tables: dict, label: str) -> float | None:
     parts = ", ".join(f"{k} {v:.3f}" for k, v in result.components.items())
     print(f"           held-out reward {label}: {result.mean_reward:.3f} ({parts}; {result.rows} prompts, "
           f"policy version {result.policy_version})", flush=True)
-    return result.mean_reward
+    if result.trajectories:
+        print("           held-out trajectories: " + ", ".join(f"{k} {v:.3f}" for k, v in result.trajectories.items()),
+              flush=True)
+    return result.mean_reward, result.trajectories.get("tool_call_rate")
 
 
 def wait_for_version(address: str, version: int, timeout: float = 60.0) -> int:
@@ -176,9 +197,13 @@ def summarise(run_dir: Path, before: float | None, after: float | None, wall: fl
     records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line.strip()]
     rewards = [r["reward_mean"] for r in records]
     k = max(1, min(5, len(rewards) // 4))
-    return Summary(str(run_dir), len(records), int(records[-1]["policy_version"]) if records else 0,
-                   sum(rewards[:k]) / k if rewards else float("nan"),
-                   sum(rewards[-k:]) / k if rewards else float("nan"), before, after, wall, warm)
+    summary = Summary(str(run_dir), len(records), int(records[-1]["policy_version"]) if records else 0,
+                      sum(rewards[:k]) / k if rewards else float("nan"),
+                      sum(rewards[-k:]) / k if rewards else float("nan"), before, after, wall, warm)
+    tools = [r["trajectory/tool_call_rate"] for r in records if "trajectory/tool_call_rate" in r]
+    if tools:
+        summary.tool_calls_first_steps, summary.tool_calls_last_steps = sum(tools[:k]) / k, sum(tools[-k:]) / k
+    return summary
 
 
 def _sigterm_as_interrupt(signum, frame) -> None:
@@ -201,13 +226,13 @@ def run_cluster(config: UpConfig) -> int:
         with_reference = tables["learner"]["reference"] == "service"
         services = start_services(cluster, config, cluster_toml, ports, with_reference)
         cluster.wait_healthy(services, config.health_timeout_seconds)
-        before = heldout_reward(config, tables, "before")
+        before, tools_before = heldout_reward(config, tables, "before")
         print(f"phase 3/3  training {config.steps} steps: {config.generators} generator(s), "
               f"max_staleness {config.max_staleness}, group size {config.group_size}", flush=True)
         train(cluster, config, cluster_toml, ports, run_dir)
         trained = summarise(run_dir, None, None, 0, warm_seconds)
         served = wait_for_version(f"127.0.0.1:{ports.generators[0]}", trained.policy_version)
-        after = heldout_reward(config, tables, f"after (version {served})")
+        after, tools_after = heldout_reward(config, tables, f"after (version {served})")
     except KeyboardInterrupt:
         print("\ninterrupted: stopping services (the learner checkpoints first)", flush=True)
         cluster.stop_all()
@@ -218,6 +243,7 @@ def run_cluster(config: UpConfig) -> int:
     finally:
         cluster.stop_all()
     summary = summarise(run_dir, before, after, time.perf_counter() - start, warm_seconds)
+    summary.heldout_tool_calls_before, summary.heldout_tool_calls_after = tools_before, tools_after
     (run_dir / "summary.json").write_text(json.dumps(asdict(summary), indent=1) + "\n")
     if config.plot:
         from launcher.plot import plot_run
@@ -235,5 +261,11 @@ def print_summary(s: Summary) -> None:
     print(f"steps trained           {s.steps} (policy version {s.policy_version})")
     print(f"train reward            {fmt(s.reward_first_steps)} (first steps) -> {fmt(s.reward_last_steps)} (last steps)")
     print(f"held-out reward         {fmt(s.heldout_before)} (before) -> {fmt(s.heldout_after)} (after)")
+    if s.tool_calls_first_steps is not None:
+        print(f"train tool-call rate    {fmt(s.tool_calls_first_steps)} (first steps) -> "
+              f"{fmt(s.tool_calls_last_steps)} (last steps; trajectories calling a tool)")
+    if s.heldout_tool_calls_before is not None:
+        print(f"held-out tool-call rate {fmt(s.heldout_tool_calls_before)} (before) -> "
+              f"{fmt(s.heldout_tool_calls_after)} (after; greedy)")
     print(f"wall time               {s.wall_seconds:.0f}s (warm-start {s.warmstart_seconds:.0f}s)")
     print(f"run directory           {s.run_dir}  (training.png, metrics.jsonl, adapter/, logs/)")

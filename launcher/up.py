@@ -19,7 +19,7 @@ import sys
 from pathlib import Path
 from typing import ClassVar, Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 
 from rlfleet.config import CommandConfig, load_config
 
@@ -36,11 +36,21 @@ class UpConfig(CommandConfig):
     model: str = BUILTIN_MODEL
     """Model path or Hugging Face name; `builtin:tiny` builds the tiny local model and warm-starts it."""
     dataset: str = "builtin:reverse"
-    """Prompts: `builtin:reverse`, or a local JSONL / Parquet / CSV file with a `prompt` column."""
+    """Prompts: `builtin:reverse`, `builtin:calculator` (with --env), `reasoning_gym:TASK`, or a local JSONL /
+    Parquet / CSV file with a `prompt` column."""
     reward_script: Path | None = None
     """Reward script for the reward service; unset uses the built-in task's (tasks/rewards.py)."""
     reward: list[str] = BUILTIN_REWARDS
     """Reward functions of the script with weights, `name:weight`."""
+    env: str | None = None
+    """Multi-turn, tool-using rollouts against an environment service: `builtin:calculator` (its dataset and
+    a warm-start that teaches its tool-call format come with it), or an environment script (TRL's
+    environment_factory form). Its get_reward() is the reward; a --reward-script adds a reward service."""
+    max_turns: int = Field(4, ge=1)
+    """Model turns per trajectory with --env; a trajectory still calling tools after them ends truncated."""
+    warmstart_tool_fraction: float = Field(0.5, ge=0, le=1)
+    """With --env builtin:calculator: the fraction of warm-start conversations that call the tool (the
+    rest answer straight away, i.e. guess); RL is left to find out that the tool pays."""
     generators: int = Field(1, ge=1, le=16)
     """Generator processes."""
     reference_service: bool = True
@@ -78,7 +88,7 @@ class UpConfig(CommandConfig):
     seed: int = 0
     """Seed of model building, sampling and training."""
     cpus: list[str] = []
-    """CPU affinity per service as SERVICE=CPUS (generator, reward, reference, learner; CPUS like 0, 0-3 or 0,2),
+    """CPU affinity per service as SERVICE=CPUS (generator, reward, reference, learner, environment; CPUS like 0, 0-3 or 0,2),
     e.g. `--cpus generator=0 learner=1`: on a small machine, keeps the services from taking each other's cores."""
     threads: list[str] = []
     """OpenMP / torch threads per service as SERVICE=N; default: the number of CPUs it is pinned to, else 2 for
@@ -99,6 +109,13 @@ class UpConfig(CommandConfig):
                 raise ValueError(f"{name}={value}: the number of threads must be a whole number >= 1")
         return entries
 
+    @model_validator(mode="after")
+    def _env_brings_its_dataset(self) -> UpConfig:
+        # A built-in environment plays its own task's rows unless --dataset names others.
+        if self.env is not None and self.env.startswith("builtin:") and "dataset" not in self.model_fields_set:
+            self.dataset = self.env
+        return self
+
     def placement(self, service: str) -> tuple[int, frozenset[int] | None]:
         """(threads, CPUs or None) of a service: generator, reward, reference or learner."""
         cpus = _pairs(self.cpus).get(service)
@@ -107,7 +124,7 @@ class UpConfig(CommandConfig):
         return int(_pairs(self.threads).get(service, default)), pinned
 
 
-SERVICES = ("generator", "reward", "reference", "learner")
+SERVICES = ("generator", "reward", "reference", "learner", "environment")
 
 
 def _pairs(entries: list[str]) -> dict[str, str]:

@@ -43,7 +43,7 @@ from learner.engine import PolicyEngine
 from learner.objective import select_objective
 from rlfleet import cpu
 from rlfleet.errors import InvalidRequest
-from rlfleet.rollouts import Batch
+from rlfleet.rollouts import Batch, trajectory_summary
 
 
 @dataclass
@@ -359,6 +359,8 @@ class Trainer:
                 components[name].append(value)
         for name, values in sorted(components.items()):
             stats[f"reward_component_mean/{name}"] = sum(values) / len(values)
+        trajectories = [s.trajectory for s in samples if s.trajectory is not None]
+        stats.update({f"trajectory/{k}": v for k, v in trajectory_summary(trajectories).items()})
         return stats
 
 

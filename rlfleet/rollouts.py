@@ -38,6 +38,24 @@ class TrajectoryStats:
     environment_score: ItemScore | None = None  # the environment's get_reward(), weighted; None: it gives none
 
 
+def trajectory_summary(trajectories: list[TrajectoryStats]) -> dict[str, float]:
+    """Means over multi-turn trajectories, for metrics.jsonl and evaluation; {} when there are none.
+
+    tool_call_rate: trajectories that called a tool at least once; tool_error_rate: tool calls that did
+    not run or raised, of all tool calls; truncated_rate: trajectories a limit cut short.
+    """
+    if not trajectories:
+        return {}
+    n = len(trajectories)
+    calls = sum(t.tool_calls for t in trajectories)
+    return {"turns_mean": sum(t.turns for t in trajectories) / n,
+            "tool_calls_mean": calls / n,
+            "tool_call_rate": sum(t.tool_calls > 0 for t in trajectories) / n,
+            "tool_error_rate": sum(t.tool_errors for t in trajectories) / calls if calls else 0.0,
+            "truncated_rate": sum(bool(t.truncation) for t in trajectories) / n,
+            "environment_seconds_mean": sum(t.environment_seconds for t in trajectories) / n}
+
+
 @dataclass
 class Sample:
     """One completion of a prompt, with what the learner needs to train on it.

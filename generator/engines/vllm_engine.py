@@ -79,7 +79,7 @@ class VllmEngine(Engine):
         args = AsyncEngineArgs(**_executor_args(),
             model=config.model, tokenizer=config.tokenizer, dtype=config.dtype, max_model_len=config.max_model_len,
             seed=config.seed, enforce_eager=config.enforce_eager, gpu_memory_utilization=config.gpu_memory_utilization,
-            enable_prefix_caching=config.enable_prefix_caching,
+            enable_prefix_caching=config.enable_prefix_caching, block_size=config.block_size,
             # Every version a running request may still use needs a slot in the batch; the CPU cache
             # holds one more so that loading version K+1 never evicts one in use.
             enable_lora=True, max_loras=config.keep_versions, max_cpu_loras=config.keep_versions + 1,

@@ -1,8 +1,13 @@
-"""Held-out evaluation through the running cluster: greedy completions from the generators, scored by the reward services."""
+"""Held-out evaluation through the running cluster: greedy completions from the generators, scored by the reward services.
+
+With `source.environment` a row's completion is a greedy multi-turn trajectory against the
+environment service (learner/pipeline/multiturn.py), scored by it and the reward services alike.
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import contextlib
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from learner.pipeline.config import PipelineConfig
@@ -10,10 +15,11 @@ from learner.pipeline.dataset import PromptRow
 from learner.pipeline.scoring import GroupScorer
 from rlfleet.clients import GeneratorClient
 from rlfleet.generation import PromptInput, Sampling
-from rlfleet.rollouts import Group
+from rlfleet.rollouts import Group, trajectory_summary
 
 if TYPE_CHECKING:
     from learner.config import LearnerConfig
+    from learner.pipeline.multiturn import MultiTurnDriver
 
 
 @dataclass(frozen=True)
@@ -24,6 +30,8 @@ class EvalResult:
     components: dict[str, float]
     rows: int
     policy_version: int
+    trajectories: dict[str, float] = field(default_factory=dict)
+    """Multi-turn runs: rlfleet.rollouts.trajectory_summary of the rows' trajectories (tool_call_rate, ...)."""
 
 
 async def evaluate(rows: list[PromptRow], config: LearnerConfig, batch_size: int = 32) -> EvalResult:
@@ -36,9 +44,10 @@ async def evaluate(rows: list[PromptRow], config: LearnerConfig, batch_size: int
     scorer = GroupScorer(source.rewards, config.client, source.reward_timeout_seconds, source.retry_backoff_seconds)
     groups: list[Group] = []
     try:
-        async with GeneratorClient(config.generators[0], config.client) as generator:
+        async with GeneratorClient(config.generators[0], config.client) as generator, \
+                _multi_turn(config) as turns:
             for start in range(0, len(rows), batch_size):
-                groups += await _generate_and_score(generator, scorer, rows[start:start + batch_size], source)
+                groups += await _generate_and_score(generator, scorer, rows[start:start + batch_size], source, turns)
     finally:
         await scorer.close()
     components: dict[str, list[float]] = {}
@@ -47,15 +56,37 @@ async def evaluate(rows: list[PromptRow], config: LearnerConfig, batch_size: int
             components.setdefault(name, []).append(value)
     return EvalResult(sum(g.samples[0].reward for g in groups) / max(len(groups), 1),
                       {k: sum(v) / len(v) for k, v in components.items()}, len(groups),
-                      max((g.policy_version for g in groups), default=0))
+                      max((g.policy_version for g in groups), default=0),
+                      trajectory_summary([s.trajectory for g in groups for s in g.samples if s.trajectory is not None]))
+
+
+@contextlib.asynccontextmanager
+async def _multi_turn(config: LearnerConfig):
+    """The multi-turn driver of `source.environment` (its client closed on the way out), else None."""
+    env = config.source.environment
+    if env is None:
+        yield None
+        return
+    from learner.pipeline.multiturn import MultiTurnDriver
+    from learner.pipeline.turns import TurnRenderer
+    from rlfleet.clients import EnvironmentClient
+
+    async with EnvironmentClient(env.address, config.client, env.timeout_seconds, name="environment") as client:
+        yield MultiTurnDriver(env, TurnRenderer.from_pretrained(config.model), client)
 
 
 async def _generate_and_score(generator: GeneratorClient, scorer: GroupScorer, rows: list[PromptRow],
-                              source: PipelineConfig) -> list[Group]:
+                              source: PipelineConfig, turns: MultiTurnDriver | None = None) -> list[Group]:
     by_id = {r.prompt_id: r for r in rows}
     prompts = [PromptInput.from_dataset(r.prompt_id, r.prompt, source.chat_template) for r in rows]
     sampling = Sampling(n=1, max_tokens=source.max_tokens, temperature=0.0, stop=tuple(source.stop))
-    groups = [g async for g in generator.generate(prompts, sampling, timeout=source.generate_timeout_seconds)]
+    if turns is None:
+        groups = [g async for g in generator.generate(prompts, sampling, timeout=source.generate_timeout_seconds)]
+    else:   # a row whose environment does not start has no trajectory to score: it is left out
+        max_model_len = (await generator.info(timeout=5.0)).max_model_len
+        groups = [done.group async for done in turns.rollouts(rows, generator, sampling,
+                                                              source.generate_timeout_seconds, max_model_len)
+                  if done.group is not None]
     for group in groups:
         group.columns = dict(by_id[group.prompt_id].columns)
     await scorer.score([(group, by_id[group.prompt_id]) for group in groups])

@@ -96,7 +96,7 @@ def run(tmp_path_factory) -> RunRecord:
     try:
         services = {s.name: s for s in start_services(cluster, config, cluster_toml, ports, with_reference=True)}
         cluster.wait_healthy(list(services.values()), timeout=600)
-        record.heldout_before = heldout_reward(config, tables, "before")
+        record.heldout_before, _ = heldout_reward(config, tables, "before")
         learner = cluster.start(Service("learner", "learner", ["--config", str(cluster_toml)], ports.learner,
                                         ports.metrics(ports.learner), threads=2))
         cluster.wait_healthy([learner], timeout=300)
@@ -118,7 +118,7 @@ def run(tmp_path_factory) -> RunRecord:
         last = _records(run_dir)[-1]["policy_version"]
         record.final_versions = [wait_for_version(s.address, last, timeout=60)
                                  for s in (services["generator-0"], restarted)]
-        record.heldout_after = heldout_reward(config, tables, "after")
+        record.heldout_after, _ = heldout_reward(config, tables, "after")
     finally:
         cluster.stop_all(grace=10)
     return record
