@@ -1,9 +1,11 @@
 """Runs every rlfleet benchmark and writes the tables into bench/README.md: `python -m bench [--quick]`.
 
-Order: overlap (max_staleness 0, 1, 2), the TRL head-to-head (its rlfleet rows reuse the overlap
-runs: same settings, so rlfleet trains three times, not four), the gRPC overhead of the synchronous
-run's steps (the shortest), then the reward-server, weight-push, loss-head and reference benchmarks
-of their own issues, each as a subprocess whose printed table is folded in as it is. A benchmark that fails is reported as failed, with the end
+Order: overlap (max_staleness 0, 1, 2), waste (issued / trained of those same runs), the TRL
+head-to-head at the tiny configuration over 3 seeds (its first rlfleet run is the overlap run), the
+gRPC overhead of the synchronous run's steps (the shortest), then loop efficiency, the pinned
+(separate hardware) simulation, the compute-bound TRL head-to-head, reward server vs FastAPI, and
+the reward-server, weight-push, loss-head and reference benchmarks of their own issues, each as a
+subprocess whose printed table is folded in as it is. A benchmark that fails is reported as failed, with the end
 of its output, and the others still run.
 """
 
@@ -24,6 +26,10 @@ README = Path(__file__).with_name("README.md")
 
 # (section, module, full arguments, --quick arguments, timeout seconds)
 PEER_BENCHES = [
+    ("loop_efficiency", "bench.loop_efficiency", [], ["--quick"], 1200),
+    ("pinned", "bench.pinned", [], ["--quick"], 1500),
+    ("vs_trl_compute", "bench.vs_trl", ["--config", "compute"], ["--config", "compute", "--quick"], 3600),
+    ("reward_http", "bench.reward_http", [], ["--quick"], 600),
     ("reward_server", "bench.reward_server", ["--workers", "1", "--calls", "100"], ["--workers", "1", "--calls", "20"],
      300),
     ("weight_push", "bench.weight_push", [], ["--sizes", "10", "--repeats", "2"], 900),
@@ -63,7 +69,7 @@ def timed(name: str, produce: Callable[[], str], sections: dict[str, str]) -> No
 
 
 def run_all(workdir: Path, quick: bool) -> dict[str, str]:
-    from bench import overhead, overlap, vs_trl
+    from bench import overhead, overlap, vs_trl, waste
 
     sections: dict[str, str] = {}
     steps, warmup = (5, 1) if quick else (12, 3)
@@ -77,7 +83,10 @@ def run_all(workdir: Path, quick: bool) -> dict[str, str]:
 
     timed("overlap", run_overlap, sections)
     others = {k: d for k, d in dirs.items() if k != 1}
-    timed("vs_trl", lambda: vs_trl.run(workdir, steps, warmup, 1, reuse=dirs.get(1), also=others), sections)
+    timed("waste", lambda: waste.run(workdir, steps, staleness, dirs), sections)
+    # The tiny configuration's target needs 3 seeds; the first reuses the overlap run.
+    timed("vs_trl", lambda: vs_trl.run(workdir, steps, warmup, 1, reuse=dirs.get(1), also=others,
+                                       seeds=(0,) if quick else (0, 1, 2)), sections)
     # The synchronous run has the shortest steps, so the largest overhead fraction.
     timed("overhead", lambda: overhead.run(dirs.get(0), 4.0, 3 if quick else 20, workdir), sections)
     for name, module, full, fast, timeout in PEER_BENCHES:

@@ -6,6 +6,7 @@ run; these helpers turn a run directory into the numbers the tables show.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -199,6 +200,7 @@ class UpRun:
     eval_rows: int = 8       # a short evaluation warms vLLM up before the learner starts
     base_port: int = 51700
     seed: int = 0
+    extra: tuple[str, ...] = ()   # more `rlfleet up` flags (--cpus, --dataset, ...)
 
     def argv(self) -> list[str]:
         return ["--model", self.model, "--warmstart-steps", "0", "--steps", str(self.steps),
@@ -206,18 +208,20 @@ class UpRun:
                 "--prompts-per-batch", str(self.prompts_per_batch), "--max-tokens", str(self.max_tokens),
                 "--lr", str(self.lr), "--lora-rank", str(self.lora_rank), "--kl-coef", str(self.kl_coef),
                 "--eval-rows", str(self.eval_rows), "--base-port", str(self.base_port), "--seed", str(self.seed),
-                "--run-dir", str(self.run_dir), "--no-plot", "--progress", "none"]
+                "--run-dir", str(self.run_dir), "--no-plot", "--progress", "none", *self.extra]
 
 
-def run_up(run: UpRun, timeout: float = 900.0) -> float:
-    """Runs `rlfleet up` to completion (log in RUN_DIR/up.log); returns its wall seconds, raises on failure."""
+def run_up(run: UpRun, timeout: float = 900.0, watch=None) -> float:
+    """Runs `rlfleet up` to completion (log in RUN_DIR/up.log); returns its wall seconds, raises on failure.
+
+    `watch(pid)`, if given, returns a context manager held while the run lasts (bench.cpu_report.RunWatch)."""
     run.run_dir.mkdir(parents=True, exist_ok=True)
     log_path = run.run_dir / "up.log"
     start = time.perf_counter()
     with open(log_path, "wb") as log:
         process = subprocess.Popen([sys.executable, "-m", "rlfleet.cli", "up", *run.argv()], stdout=log,
                                    stderr=subprocess.STDOUT, env={**os.environ, **BENCH_ENV}, cwd=REPO)
-        with CpuSampler(process.pid) as sampler:
+        with CpuSampler(process.pid) as sampler, (watch(process.pid) if watch else contextlib.nullcontext()):
             try:
                 code = process.wait(timeout)
             except subprocess.TimeoutExpired:
@@ -231,18 +235,24 @@ def run_up(run: UpRun, timeout: float = 900.0) -> float:
     return time.perf_counter() - start
 
 
-def warm_model(workdir: Path, warmstart_steps: int = 130, seed: int = 0) -> Path:
-    """The warm-started tiny model both systems train (built once per workdir, like `rlfleet up` does)."""
-    out = workdir / "models" / "warm"
+def warm_model(workdir: Path, warmstart_steps: int = 130, seed: int = 0, hidden_size: int = 256, layers: int = 4,
+               task: str = "reverse", batch_size: int = 32) -> Path:
+    """The warm-started model both systems train (built once per workdir and size, like `rlfleet up` does)."""
+    default = (hidden_size, layers, task) == (256, 4, "reverse")
+    name = "" if default else f"-h{hidden_size}-l{layers}-{task}-{warmstart_steps}"
+    out = workdir / "models" / f"warm{name}"
     if (out / "config.json").exists():
         return out
     from launcher.tiny_model import TinyModelSpec, build_tiny_model
     from launcher.warmstart import warm_start
     from learner.pipeline.dataset import builtin_rows
 
-    base = build_tiny_model(workdir / "models" / "tiny", TinyModelSpec(seed=seed))
-    train_rows, _ = builtin_rows("reverse", seed=1234 + seed)
-    return warm_start(base, out, train_rows, warmstart_steps, seed=seed).path
+    # The same spec as `rlfleet tiny-model --hidden-size H --layers L` (768 x 12: 78 M parameters).
+    spec = TinyModelSpec(seed=seed) if default else TinyModelSpec(
+        hidden_size=hidden_size, num_layers=layers, intermediate_size=hidden_size * 8 // 3 // 8 * 8, seed=seed)
+    base = build_tiny_model(workdir / "models" / f"tiny{name}", spec)
+    train_rows, _ = builtin_rows(task, seed=1234 + seed)
+    return warm_start(base, out, train_rows, warmstart_steps, seed=seed, batch_size=batch_size).path
 
 
 def machine() -> str:

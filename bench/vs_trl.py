@@ -1,9 +1,15 @@
 """Head-to-head with TRL's GRPOTrainer on this machine: completion tokens per second and reward per sample.
 
-    python -m bench.vs_trl [--steps 14] [--warmup 3] [--workdir /tmp/rlfleet-bench] [--quick]
+    python -m bench.vs_trl [--config tiny|compute] [--seeds 0 1 2] [--steps N] [--warmup 3] [--quick]
 
-Both systems train the same warm-started tiny model (built once in WORKDIR) on the built-in
-`reverse` task, graded by the same reward functions (tasks/rewards.py, accuracy + 0.5 x
+Two configurations: `tiny` (the demo's 3 M-parameter model, 8 prompts x 8 completions, 12 new
+tokens; target >= 1.0x TRL's completion tokens per CPU-second, reward within noise over 3 seeds)
+and `compute` (a 78 M-parameter `rlfleet tiny-model --hidden-size 768 --layers 12`, warm-started
+on `builtin:reverse_long`, whose answers run from 2 to 100 letters; 4 prompts x 4 completions of
+at most 128 new tokens; target >= 1.5x TRL's completion tokens/s).
+
+Both systems train the same warm-started model (built once in WORKDIR) on the configuration's
+built-in task, graded by the same reward functions (tasks/rewards.py, accuracy + 0.5 x
 similarity), with the same prompts per step, group size, max new tokens, learning rate (constant,
 AdamW, grad-clip 1.0), LoRA (rank 16, alpha 32, all seven projections), KL coefficient (k3 in the
 loss), fp32, on 2 threads. rlfleet runs as `rlfleet up` (local processes); TRL runs in this process,
@@ -29,7 +35,11 @@ process, over the same measured steps; it does not depend on how much CPU other 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
+import math
+import os
+import statistics
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -51,6 +61,22 @@ class Shared:
     lora_rank: int = 16
     kl_coef: float = 0.005
     seed: int = 0
+    dataset: str = "builtin:reverse"
+    hidden_size: int = 256            # the model: `rlfleet tiny-model --hidden-size --layers`, warm-started
+    layers: int = 4
+    warmstart_steps: int = 130
+    warmstart_batch: int = 32
+    target: str = ">= 1.0x TRL's completion tokens per CPU-second, reward within noise of TRL's over 3 seeds"
+
+
+# tiny: the demo's model and settings. compute: a 78 M-parameter model, 128 new tokens on a task whose
+# answers run from 2 to 100 letters, so generation and training cost FLOPs rather than per-call overhead.
+PRESETS = {
+    "tiny": Shared(steps=14),
+    "compute": Shared(steps=6, prompts_per_batch=4, group_size=4, max_tokens=128, lr=1e-3,
+                      dataset="builtin:reverse_long", hidden_size=768, layers=12, warmstart_steps=40,
+                      warmstart_batch=8, target=">= 1.5x TRL's completion tokens/s"),
+}
 
 
 def _content(completions: list) -> list[str]:
@@ -71,13 +97,13 @@ def trl_rewards() -> list:
     return [reverse_accuracy, reverse_similarity]
 
 
-def trl_dataset(seed: int):
+def trl_dataset(seed: int, dataset: str = "builtin:reverse"):
     """The pipeline's own training split (same loader, same held-out fraction), as chat prompts."""
     from datasets import Dataset
 
     from learner.pipeline.dataset import load_rows
 
-    rows, _ = load_rows("builtin:reverse", "prompt", "answer", 0.1, seed)
+    rows, _ = load_rows(dataset, "prompt", "answer", 0.1, seed)
     return Dataset.from_list([{"prompt": [{"role": "user", "content": r.prompt}], "answer": r.answer}
                               for r in rows])
 
@@ -118,7 +144,7 @@ def run_trl(model: Path, shared: Shared, out_dir: Path) -> list[StepRecord]:
                                           self.cpu))
 
     trainer = GRPOTrainer(model=str(model), reward_funcs=trl_rewards(), args=config,
-                          train_dataset=trl_dataset(shared.seed), peft_config=lora, callbacks=[StepTimer()])
+                          train_dataset=trl_dataset(shared.seed, shared.dataset), peft_config=lora, callbacks=[StepTimer()])
     trainer.train()
     return records
 
@@ -128,7 +154,7 @@ def run_rlfleet(model: Path, shared: Shared, run_dir: Path, max_staleness: int) 
     run_up(UpRun(model=str(model), run_dir=run_dir, steps=shared.steps, max_staleness=max_staleness,
                  group_size=shared.group_size, prompts_per_batch=shared.prompts_per_batch,
                  max_tokens=shared.max_tokens, lr=shared.lr, lora_rank=shared.lora_rank,
-                 kl_coef=shared.kl_coef, seed=shared.seed))
+                 kl_coef=shared.kl_coef, seed=shared.seed, extra=("--dataset", shared.dataset)))
     return read_learner_steps(run_dir)
 
 
@@ -153,46 +179,85 @@ def report(results: dict[str, Throughput], shared: Shared, warmup: int) -> str:
                             "reward (last steps)", "samples"], rows)
     return (f"{shared.steps} steps of {shared.prompts_per_batch} prompts x {shared.group_size} completions, "
             f"max {shared.max_tokens} new tokens, lr {shared.lr}, LoRA r{shared.lora_rank}, KL {shared.kl_coef}; "
-            f"first {warmup} steps excluded. "
-            f"Target: >= 2x TRL's completion tok/s at equal or better reward.\n\n{table}\n")
+            f"{shared.dataset}, model {shared.hidden_size} x {shared.layers} layers; first {warmup} steps excluded. "
+            f"Target: {shared.target}.\n\n{table}\n")
 
 
 TRL = "TRL GRPOTrainer"
 
 
 def run(workdir: Path, steps: int, warmup: int, max_staleness: int = 1, reuse: Path | None = None,
-        also: dict[int, Path] | None = None) -> str:
-    """Both systems, one after the other. `reuse` is a finished `rlfleet up` run with these exact settings
-    at `max_staleness` (`python -m bench` passes overlap.py's run instead of training twice); `also` adds
-    more finished runs by their max_staleness, as extra rows against the same TRL run."""
+        also: dict[int, Path] | None = None, config: str = "tiny", seeds: tuple[int, ...] = (0,)) -> str:
+    """Both systems, one after the other, once per seed. `reuse` is a finished `rlfleet up` run with these exact
+    settings at `max_staleness` (`python -m bench` passes overlap.py's run instead of training twice); `also`
+    adds more finished runs by their max_staleness, as extra rows against the same TRL run (first seed only)."""
     from bench.common import warm_model
 
-    shared = Shared(steps=steps)
-    model = warm_model(workdir)
-    out = workdir / "vs_trl"
-    ours = (read_learner_steps(reuse) if reuse is not None
-            else run_rlfleet(model, shared, out / "rlfleet", max_staleness))
-    results = {f"rlfleet up, max_staleness {max_staleness}": ours}
-    results.update({f"rlfleet up, max_staleness {k}": read_learner_steps(d) for k, d in (also or {}).items()})
-    results[TRL] = run_trl(model, shared, out / "trl")
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "trl_steps.json").write_text(json.dumps([asdict(r) for r in results[TRL]], indent=1))
-    reward_steps = max(1, (steps - warmup) // 2)
-    stats = {name: throughput(records, warmup, reward_steps) for name, records in results.items()}
-    (out / "results.json").write_text(json.dumps({k: asdict(v) for k, v in stats.items()}, indent=1))
-    return report(stats, shared, warmup)
+    per_seed = []
+    for i, seed in enumerate(seeds):
+        shared = dataclasses.replace(PRESETS[config], steps=steps, seed=seed)
+        model = warm_model(workdir, shared.warmstart_steps, 0, shared.hidden_size, shared.layers,
+                           shared.dataset.split(":", 1)[1], shared.warmstart_batch)
+        out = workdir / f"vs_trl-{config}" / f"seed-{seed}"
+        ours = (read_learner_steps(reuse) if reuse is not None and i == 0
+                else run_rlfleet(model, shared, out / "rlfleet", max_staleness))
+        results = {f"rlfleet up, max_staleness {max_staleness}": ours}
+        if i == 0:
+            results.update({f"rlfleet up, max_staleness {k}": read_learner_steps(d) for k, d in (also or {}).items()})
+        results[TRL] = run_trl(model, shared, out / "trl")
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "trl_steps.json").write_text(json.dumps([asdict(r) for r in results[TRL]], indent=1))
+        reward_steps = max(1, (steps - warmup) // 2)
+        stats = {name: throughput(records, warmup, reward_steps) for name, records in results.items()}
+        (out / "results.json").write_text(json.dumps({k: asdict(v) for k, v in stats.items()}, indent=1))
+        per_seed.append((seed, shared, stats))
+    text = "\n".join(f"Seed {seed}: " + report(stats, shared, warmup) for seed, shared, stats in per_seed)
+    return text + (seeds_summary(per_seed, max_staleness) if len(per_seed) > 1 else "") + \
+        f"\n_load average {os.getloadavg()[0]:.1f} at the end_\n"
+
+
+def seeds_summary(per_seed: list, max_staleness: int) -> str:
+    """Means over seeds, and whether the reward difference is within noise (2 standard errors)."""
+    ours_name = f"rlfleet up, max_staleness {max_staleness}"
+    rows = []
+    for name in (ours_name, TRL):
+        runs = [stats[name] for _, _, stats in per_seed]
+        rewards = [t.reward_mean for t in runs]
+        per_cpu = [t.tokens_per_cpu_second or 0.0 for t in runs]
+        rows.append([name, f"{statistics.mean(t.tokens_per_second for t in runs):.1f}",
+                     f"{statistics.mean(per_cpu):.1f}",
+                     " / ".join(f"{r:.3f}" for r in rewards),
+                     f"{statistics.mean(rewards):.3f} +- {statistics.stdev(rewards):.3f}"])
+    ours = [stats[ours_name] for _, _, stats in per_seed]
+    theirs = [stats[TRL] for _, _, stats in per_seed]
+    diff = statistics.mean(t.reward_mean for t in ours) - statistics.mean(t.reward_mean for t in theirs)
+    noise = 2 * math.sqrt((statistics.variance([t.reward_mean for t in ours]) +
+                           statistics.variance([t.reward_mean for t in theirs])) / len(ours))
+    cpu = statistics.mean(t.tokens_per_cpu_second or 0.0 for t in ours) / max(
+        statistics.mean(t.tokens_per_cpu_second or 0.0 for t in theirs), 1e-9)
+    rate = statistics.mean(t.tokens_per_second for t in ours) / statistics.mean(t.tokens_per_second for t in theirs)
+    table = markdown_table(["system", "completion tok/s (mean)", "completion tok/CPU-s (mean)",
+                            "reward per seed", "reward mean +- sd"], rows)
+    return (f"\nOver {len(per_seed)} seeds:\n\n{table}\n\n**ratio rlfleet / TRL: {rate:.2f}x tokens/s, "
+            f"{cpu:.2f}x tokens per CPU-second; reward difference {diff:+.3f} "
+            f"({'within' if abs(diff) <= noise else 'outside'} noise: 2 standard errors = {noise:.3f})**\n")
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.vs_trl", description=__doc__.splitlines()[0])
-    parser.add_argument("--steps", type=int, default=14, help="training steps per system")
+    parser.add_argument("--config", choices=sorted(PRESETS), default="tiny",
+                        help="tiny: the demo's model and settings; compute: 78 M parameters, 128 new tokens")
+    parser.add_argument("--steps", type=int, help="training steps per system (default: the config's)")
     parser.add_argument("--warmup", type=int, default=3, help="first steps excluded from the timing")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0], help="one run of each system per seed")
     parser.add_argument("--max-staleness", type=int, default=1, help="rlfleet's max_staleness")
     parser.add_argument("--workdir", type=Path, default=Path("/tmp/rlfleet-bench"))
     parser.add_argument("--quick", action="store_true", help="smoke run: 5 steps, 1 warm-up step")
     args = parser.parse_args(argv)
-    steps, warmup = (5, 1) if args.quick else (args.steps, args.warmup)
-    print(run(args.workdir, steps, warmup, args.max_staleness))
+    steps, warmup = (5, 1) if args.quick else (args.steps or PRESETS[args.config].steps, args.warmup)
+    if args.config == "compute" and not args.quick:
+        warmup = min(warmup, 2)
+    print(run(args.workdir, steps, warmup, args.max_staleness, config=args.config, seeds=tuple(args.seeds)))
     return 0
 
 

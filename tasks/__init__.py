@@ -3,7 +3,8 @@
 Nothing can be downloaded here, so the demo trains on a task generated on the spot. `reverse`:
 the prompt is `reverse:abc`, the answer `cba`. A tiny model learns it as a rule (not a lookup), so
 a held-out split of unseen strings measures learning rather than memorisation. The reward
-functions that grade it live in `tasks/rewards.py`, an ordinary reward script. `calculator`: the
+functions that grade it live in `tasks/rewards.py`, an ordinary reward script; `reverse_long` is the
+same with answers of 2 to 100 letters. `calculator`: the
 prompt is `37*58`, the answer `2146`, played over several turns with a calculator tool; its
 environment (tool and grading) is `tasks/calculator_env.py`, an ordinary environment script. The
 learner's dataset code (`learner/pipeline/dataset.py`) turns these (prompt, answer) pairs into its rows.
@@ -48,7 +49,11 @@ class CalculatorTask:
         return f"{a}*{b}", str(a * b)
 
 
-TASKS = {"reverse": ReverseTask(), "calculator": CalculatorTask()}
+TASKS = {"reverse": ReverseTask(), "calculator": CalculatorTask(),
+         # Answers of 2 to 100 letters: a model that has learnt to stop makes completions of very different
+         # lengths, which is what separates engines that stop a finished sequence from ones that pad it
+         # until the longest is done (bench/vs_trl.py's compute-bound configuration).
+         "reverse_long": ReverseTask(alphabet="abcdefghijklmnopqrstuvwxyz", min_len=2, max_len=100)}
 # The environment script of the built-in tasks that are played with tools (`rlfleet up --env builtin:NAME`).
 ENVIRONMENT_SCRIPTS = {"calculator": Path(__file__).with_name("calculator_env.py")}
 
