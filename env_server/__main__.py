@@ -21,7 +21,7 @@ def main(argv: list[str] | None = None) -> int:
             check_file(path, option, what)
     logging.basicConfig(level=config.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     from env_server.core import EnvironmentCore
-    from reward_server.scripts import ScriptError
+    from rlfleet.workers.scripts import ScriptError
 
     if config.check is not None:
         from env_server.check import run_check

@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from env_server.tools import SchemaError, tool_schema
-from reward_server.scripts import ScriptError, ScriptSource, describe, load_script
+from rlfleet.workers.scripts import ScriptError, ScriptSource, describe, load_script
 
 NOT_TOOLS = frozenset({"reset", "get_reward", "on_message"})
 NAME = re.compile(r"^[A-Za-z0-9_.:-]{1,64}$")

@@ -15,10 +15,10 @@ from typing import Any
 
 from env_server.config import EnvConfig
 from env_server.core import EnvironmentCore
-from reward_server.scripts import ScriptError
 from rlfleet.environments import EnvStatus, ToolCall
 from rlfleet.errors import RlfleetError
 from rlfleet.outcomes import RewardStatus
+from rlfleet.workers.scripts import ScriptError
 
 
 def _action(value: Any, where: str) -> ToolCall | str:

@@ -6,8 +6,8 @@ from pathlib import Path
 
 from pydantic import Field, model_validator
 
-from reward_server.config import LimitsConfig
 from rlfleet.config import ServiceConfig
+from rlfleet.workers.limits import LimitsConfig
 
 
 class EnvConfig(ServiceConfig):

@@ -28,11 +28,11 @@ from env_server.config import EnvConfig
 from env_server.pool import Call, SessionPool, Slot
 from env_server.replies import Answer, Described, decode_answer, decode_reward
 from env_server.tools import BadArguments, check_arguments
-from reward_server.scripts import ScriptError, ScriptSource, script_version
-from reward_server.worker_main import WorkerLimits
 from rlfleet.environments import EnvironmentCatalog, EnvironmentSpec, EnvStatus, SessionStart, StepResult, ToolCall
 from rlfleet.errors import InvalidRequest, NotFound, Overloaded, Rejected
 from rlfleet.outcomes import ItemScore, RewardStatus
+from rlfleet.workers.scripts import ScriptError, ScriptSource, script_version
+from rlfleet.workers.worker_main import WorkerLimits
 
 log = logging.getLogger(__name__)
 

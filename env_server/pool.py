@@ -1,6 +1,6 @@
 """The environment server's worker processes: every session stays on the worker that started it.
 
-The workers are the reward server's (reward_server.workers: a fresh interpreter per worker, its own
+The workers are rlfleet.workers.pool's (a fresh interpreter per worker, its own
 PID, mount and network namespaces, a clean environment, rlimits, JSON replies only), started with
 Job.serve_with = "env_server.worker". Unlike the reward pool, each worker has a queue and a feeder
 thread of its own, so a session's calls reach its worker one at a time and in order.
@@ -25,19 +25,13 @@ from typing import Any
 
 from env_server import metrics
 from env_server.replies import Described, decode_catalog
-from reward_server.replies import MalformedReply
-from reward_server.scripts import ScriptError, ScriptSource
-from reward_server.worker_main import WorkerLimits
-from reward_server.workers import Worker, plan_launch
 from rlfleet.environments import EnvStatus
+from rlfleet.workers.frames import MalformedReply
+from rlfleet.workers.pool import CPU_CHECK_TICKS, RECYCLE_AT, TICK_SECONDS, Worker, plan_launch
+from rlfleet.workers.scripts import ScriptError, ScriptSource
+from rlfleet.workers.worker_main import WorkerLimits
 
 log = logging.getLogger(__name__)
-
-TICK_SECONDS = 0.05
-CPU_CHECK_TICKS = 10
-RECYCLE_AT = 0.9
-"""A worker past this share of limits.cpu_seconds_per_worker is replaced once it holds no session."""
-
 
 @dataclass(frozen=True)
 class Call:

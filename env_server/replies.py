@@ -4,14 +4,13 @@ to the reply pipe: the server only ever gets these types, or MalformedReply).
 
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import dataclass
 from typing import Any
 
-from reward_server.replies import MAX_ERROR_CHARS, MalformedReply
 from rlfleet.environments import EnvStatus, ToolSpec
 from rlfleet.outcomes import RewardStatus
+from rlfleet.workers.frames import MAX_ERROR_CHARS, MalformedReply, load_json
 
 _ENV_STATUSES = {s.value: s for s in EnvStatus}
 _REWARD_STATUSES = {s.value: s for s in RewardStatus}
@@ -48,20 +47,13 @@ class Reward:
     error: str = ""
 
 
-def _load(frame: bytes) -> Any:
-    try:
-        return json.loads(frame)
-    except (ValueError, RecursionError) as err:  # UnicodeDecodeError is a ValueError
-        raise MalformedReply(f"not JSON: {str(err)[:80]}") from None
-
-
 def _text(value: Any) -> str:
     """A str the wire can carry: lone surrogates (JSON allows them, protobuf does not) become U+FFFD."""
     return value.encode("utf-8", "replace").decode("utf-8") if isinstance(value, str) else ""
 
 
 def decode_answer(frame: bytes) -> Answer:
-    message = _load(frame)
+    message = load_json(frame)
     if (type(message) is list and len(message) == 4 and message[0] in _ENV_STATUSES
             and (message[1] is None or type(message[1]) is str) and type(message[2]) is bool
             and type(message[3]) is str):
@@ -72,7 +64,7 @@ def decode_answer(frame: bytes) -> Answer:
 
 
 def decode_reward(frame: bytes) -> Reward:
-    message = _load(frame)
+    message = load_json(frame)
     if type(message) is list and len(message) == 4 and message[0] in _REWARD_STATUSES and type(message[3]) is str:
         status, reward, components, error = message
         numbers = [reward] if reward is not None else []
@@ -97,7 +89,7 @@ def _tool(schema: Any) -> ToolSpec:
 
 def decode_catalog(frame: bytes) -> list[Described] | str:
     """The environments a worker loaded, or the import error (a str) it reported."""
-    message = _load(frame)
+    message = load_json(frame)
     if type(message) is list and len(message) == 2:
         kind, payload = message
         if kind == "import_error" and type(payload) is str:

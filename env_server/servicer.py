@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 from env_server.core import EnvironmentCore
-from reward_server.servicer import decode_column
 from rlfleet.environments import EnvironmentCatalog, SessionStart, StepResult, ToolCall, ToolSpec, env_status_to_proto
 from rlfleet.errors import InvalidRequest
 from rlfleet.outcomes import ItemScore, RewardStatus, reward_status_to_proto
 from rlfleet.v1 import environment_pb2, environment_pb2_grpc
+from rlfleet.workers.columns import decode_column
 
 
 def tool_to_proto(tool: ToolSpec) -> environment_pb2.Tool:

@@ -1,8 +1,8 @@
-"""The environment loop of a worker process: reward_server.worker_main hands over to serve() once the worker is fenced.
+"""The environment loop of a worker process: rlfleet.workers.worker_main hands over to serve() once the worker is fenced.
 
 Requests are pickled tuples from the server, `(operation, session_id, *arguments)` with operation
 one of start / tool / message / finish / close (env_server.adapter.Sessions' methods); each reply
-is one JSON frame (reward_server.replies.send), which the server checks field by field
+is one JSON frame (rlfleet.workers.frames.send), which the server checks field by field
 (env_server.replies). The first reply is the catalog, or the script's import error.
 """
 
@@ -11,8 +11,8 @@ from __future__ import annotations
 import pickle
 
 from env_server.adapter import Sessions, load_environments
-from reward_server.replies import read_frame, send
-from reward_server.scripts import ScriptError
+from rlfleet.workers.frames import read_frame, send
+from rlfleet.workers.scripts import ScriptError
 
 OPERATIONS = frozenset({"start", "tool", "message", "finish", "close"})
 

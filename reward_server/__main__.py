@@ -28,7 +28,7 @@ def main(argv: list[str] | None = None) -> int:
     check_paths(config)
     logging.basicConfig(level=config.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     from reward_server.core import RewardCore
-    from reward_server.scripts import ScriptError
+    from rlfleet.workers.scripts import ScriptError
 
     if config.check is not None:
         from reward_server.check import run_check

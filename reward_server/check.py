@@ -8,8 +8,8 @@ import sys
 
 from reward_server.config import RewardConfig
 from reward_server.core import RewardCore
-from reward_server.scripts import ScriptError
 from rlfleet.outcomes import RewardItem, RewardStatus
+from rlfleet.workers.scripts import ScriptError
 
 ITEM_KEYS = {"prompt", "completion", "reference", "completion_tokens", "finish_reason"}
 

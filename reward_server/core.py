@@ -22,10 +22,12 @@ import xxhash
 from reward_server import metrics
 from reward_server.config import RewardConfig
 from reward_server.items import Outcome, RewardSpec
-from reward_server.scripts import ScriptError, ScriptSource, check_value, script_version
-from reward_server.workers import WorkerLimits, WorkerPool
+from reward_server.scripts import check_value
+from reward_server.workers import WorkerPool
 from rlfleet.errors import InvalidRequest, Overloaded
 from rlfleet.outcomes import ItemScore, RewardItem, RewardStatus, combine
+from rlfleet.workers.scripts import ScriptError, ScriptSource, script_version
+from rlfleet.workers.worker_main import WorkerLimits
 
 log = logging.getLogger(__name__)
 

@@ -1,111 +1,19 @@
-"""The pipe between the reward server and a worker: length-prefixed frames, replies decoded as plain data only.
+"""What a reward worker answers (outcomes, its catalog), decoded as plain data and checked field by field.
 
-A frame is a 4-byte big-endian signed length, then the bytes (multiprocessing.connection's layout).
-The worker reads requests with `read_frame` and answers with `send`. The server reads replies with `Frames`,
-which never blocks past a deadline, and decodes them with `json` alone into checked numbers and
-strings: whatever reward code writes into the pipe, the server only ever gets data or MalformedReply.
+Frames come from rlfleet.workers.frames as JSON, never unpickled: whatever reward code writes into the
+pipe, the server only ever gets checked numbers and strings, or MalformedReply.
 """
 
 from __future__ import annotations
 
-import json
 import math
-import os
-import select
-import struct
-import time
 
 from reward_server.items import Outcome
 from rlfleet.outcomes import RewardStatus
+from rlfleet.workers.frames import MAX_ERROR_CHARS, MalformedReply, load_json
 
-HEADER = struct.Struct("!i")
-MAX_FRAME_BYTES = 64 * 1024**2
-"""Largest reply accepted; a chunk's outcomes take a few KiB."""
-MAX_ERROR_CHARS = 2000
 STATUSES = {s.value: s for s in RewardStatus}
 OK = RewardStatus.OK
-
-
-class MalformedReply(Exception):
-    """A worker wrote something no honest worker writes (a pickle, a wrong shape, a huge frame)."""
-
-
-def write_frame(fd: int, data: bytes, deadline: float) -> None:
-    """Writes one frame to a non-blocking fd; TimeoutError once `deadline` (time.monotonic) passes."""
-    view = memoryview(HEADER.pack(len(data)) + data)
-    poller = select.poll()
-    poller.register(fd, select.POLLOUT)
-    while view:
-        remaining = deadline - time.monotonic()
-        if remaining <= 0:
-            raise TimeoutError("the reward worker stopped reading its requests")
-        if poller.poll(min(remaining, 0.05) * 1000):
-            try:
-                view = view[os.write(fd, view):]
-            except BlockingIOError:
-                continue
-
-
-def read_frame(fd: int) -> bytes:
-    """One whole frame from a blocking fd (the worker's side); EOFError when the server closed the pipe."""
-    def exactly(n: int) -> bytes:
-        chunks = []
-        while n:
-            chunk = os.read(fd, n)
-            if not chunk:
-                raise EOFError
-            chunks.append(chunk)
-            n -= len(chunk)
-        return b"".join(chunks)
-
-    (size,) = HEADER.unpack(exactly(HEADER.size))
-    return exactly(size)
-
-
-def send(fd: int, message) -> None:
-    """Writes `message` as one JSON frame to a blocking fd (the worker's side)."""
-    data = json.dumps(message).encode()
-    view = memoryview(HEADER.pack(len(data)) + data)
-    while view:
-        view = view[os.write(fd, view):]
-
-
-class Frames:
-    """Reads frames from a pipe as bytes arrive (call fill() when it is readable, then pop())."""
-
-    def __init__(self, fd: int):
-        self.fd = fd
-        self._buffer = bytearray()
-
-    def fileno(self) -> int:
-        return self.fd
-
-    def fill(self) -> None:
-        """Reads what is available; raises EOFError when the other end closed the pipe."""
-        data = os.read(self.fd, 1 << 20)
-        if not data:
-            raise EOFError
-        self._buffer += data
-
-    def pop(self) -> bytes | None:
-        """The next complete frame, or None while it is still arriving."""
-        if len(self._buffer) < HEADER.size:
-            return None
-        (size,) = HEADER.unpack_from(self._buffer)
-        if not 0 <= size <= MAX_FRAME_BYTES:
-            raise MalformedReply(f"frame header announces {size} bytes")
-        if len(self._buffer) < HEADER.size + size:
-            return None
-        frame = bytes(self._buffer[HEADER.size:HEADER.size + size])
-        del self._buffer[:HEADER.size + size]
-        return frame
-
-
-def _load(frame: bytes):
-    try:
-        return json.loads(frame)
-    except (ValueError, RecursionError) as err:  # UnicodeDecodeError is a ValueError
-        raise MalformedReply(f"not JSON: {str(err)[:80]}") from None
 
 
 def _outcome(entry) -> Outcome:
@@ -128,7 +36,7 @@ def encode_outcomes(outcomes: list[Outcome]) -> list:
 
 def decode_reply(frame: bytes, items: int) -> list[Outcome] | str:
     """A chunk's reply: one Outcome per item, or the message of the exception a batch function raised."""
-    message = _load(frame)
+    message = load_json(frame)
     if type(message) is list and len(message) == 2:
         kind, payload = message
         if kind == "raised" and type(payload) is str:
@@ -142,7 +50,7 @@ def decode_reply(frame: bytes, items: int) -> list[Outcome] | str:
 
 def decode_catalog(frame: bytes) -> tuple[str, list[tuple[str, bool, str, str]] | str]:
     """("ready", [(name, batched, kind, description), ...]) or ("import_error", message)."""
-    message = _load(frame)
+    message = load_json(frame)
     if type(message) is list and len(message) == 2:
         kind, payload = message
         if kind == "import_error" and type(payload) is str:

@@ -32,7 +32,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from reward_server.isolation import needed_paths
+from rlfleet.workers.isolation import kill_group, needed_paths
 
 PR_SET_PDEATHSIG = 1
 HIDDEN = ("/home", "/root", "/run", "/srv", "/mnt", "/media", "/opt", "/var")
@@ -111,16 +111,6 @@ def _limit_child(limits: SandboxLimits) -> None:
         resource.setrlimit(which, (value, value))
     if sys.platform.startswith("linux"):
         ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
-
-
-def kill_group(pgid: int) -> None:
-    """SIGKILL every process of a group, repeating while members remain (a forking one may add some)."""
-    for _ in range(20):
-        try:
-            os.killpg(pgid, signal.SIGKILL)
-        except (ProcessLookupError, PermissionError):
-            return
-        time.sleep(0.005)
 
 
 class Sandbox:

@@ -1,49 +1,23 @@
-"""Reward scripts: loading a user's file, finding its reward functions, calling them and checking what they return.
+"""Reward functions of a user's script: finding them, calling them and checking what they return.
 
-Everything here runs inside a worker process (never in the server process): importing a user's
-script executes arbitrary code. The server only reads the file's bytes, to hash them and to hand
-the same source to every worker, so a file edited on disk mid-run cannot make workers disagree.
+Everything here runs inside a worker process (never in the server process): the script was
+executed by rlfleet.workers.scripts.load_script, and calling its functions runs arbitrary code.
 """
 
 from __future__ import annotations
 
 import functools
-import hashlib
 import inspect
 import math
 import numbers
-import sys
-import traceback
 import types
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 from reward_server.items import Outcome
 from rlfleet.outcomes import RewardItem, RewardStatus
-
-MODULE_NAME = "rlfleet_reward_script"
-
-
-class ScriptError(Exception):
-    """The reward script cannot be used; the message starts with `FILE:LINE:` where one is known."""
-
-
-@dataclass(frozen=True)
-class ScriptSource:
-    """A reward script read once by the server: its path (for tracebacks) and its exact text."""
-
-    path: str
-    text: str
-
-    @classmethod
-    def read(cls, path: str | Path) -> ScriptSource:
-        path = Path(path).resolve()
-        try:
-            return cls(str(path), path.read_text())
-        except OSError as err:
-            raise ScriptError(f"{path}: cannot read reward script: {err.strerror}") from None
+from rlfleet.workers.scripts import MODULE_NAME, describe
 
 
 @dataclass(frozen=True)
@@ -84,35 +58,6 @@ def calling_form(fn: Callable[..., Any]) -> bool | None:
     return None
 
 
-def describe(fn: Callable[..., Any]) -> str:
-    """First line of a function's docstring."""
-    doc = inspect.getdoc(fn) or ""
-    return doc.splitlines()[0] if doc else ""
-
-
-def _error_location(err: BaseException, path: str) -> str:
-    """`FILE:LINE: Type: message` pointing into the script where possible."""
-    if isinstance(err, SyntaxError) and err.filename == path:
-        return f"{path}:{err.lineno}: SyntaxError: {err.msg}"
-    frames = [f for f in traceback.extract_tb(err.__traceback__) if f.filename == path]
-    where = f"{path}:{frames[-1].lineno}" if frames else path
-    return f"{where}: {type(err).__name__}: {err}"
-
-
-def load_script(source: ScriptSource) -> types.ModuleType:
-    """Executes the script as a module; raises ScriptError naming the file and line on any failure."""
-    module = types.ModuleType(MODULE_NAME)
-    module.__file__ = source.path
-    sys.modules[MODULE_NAME] = module
-    # Scripts may import helper modules that sit beside them.
-    sys.path.insert(0, str(Path(source.path).parent))
-    try:
-        exec(compile(source.text, source.path, "exec"), module.__dict__)  # noqa: S102 - running it is the point
-    except BaseException as err:  # noqa: BLE001 - SystemExit at import is a broken script too
-        raise ScriptError(_error_location(err, source.path)) from None
-    return module
-
-
 def script_functions(module: types.ModuleType) -> dict[str, RewardFunction]:
     """Public functions defined in the script (not imported into it) with a reward calling form."""
     found = {}
@@ -123,14 +68,6 @@ def script_functions(module: types.ModuleType) -> dict[str, RewardFunction]:
         if form is not None:
             found[name] = RewardFunction(name, fn, form, "function", describe(fn))
     return found
-
-
-def script_version(source: ScriptSource | None, weights: Sequence[tuple[str, float]], model_id: str = "") -> str:
-    """Short hash of the script text, the reward names and weights, and the reward model's identity."""
-    digest = hashlib.sha256((source.text if source else "").encode())
-    digest.update(repr(sorted(weights)).encode())
-    digest.update(model_id.encode())
-    return digest.hexdigest()[:16]
 
 
 def check_value(value: Any) -> Outcome:

@@ -17,13 +17,13 @@ from prometheus_client.parser import text_string_to_metric_families
 from env_server.config import EnvConfig
 from env_server.core import EnvironmentCore
 from env_server.server import start_server
-from reward_server.config import LimitsConfig
 from rlfleet.cli import run_command
 from rlfleet.clients import EnvironmentClient, make_channel
 from rlfleet.config import ClientConfig, ServerConfig
 from rlfleet.environments import EnvStatus, ToolCall
 from rlfleet.outcomes import ItemScore, RewardStatus
 from rlfleet.v1 import environment_pb2, environment_pb2_grpc
+from rlfleet.workers.limits import LimitsConfig
 
 OK, TIMEOUT, ERROR = EnvStatus.OK, EnvStatus.TIMEOUT, EnvStatus.ERROR
 UNKNOWN_TOOL, BAD_ARGUMENTS, INVALID = EnvStatus.UNKNOWN_TOOL, EnvStatus.BAD_ARGUMENTS, EnvStatus.INVALID_OUTPUT

@@ -17,12 +17,13 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 import reward_server.workers
-from reward_server.config import LimitsConfig, RewardConfig
+from reward_server.config import RewardConfig
 from reward_server.core import RewardCore
 from reward_server.server import SERVICE, start_server
 from rlfleet.clients import make_channel
 from rlfleet.config import ClientConfig, ServerConfig
 from rlfleet.v1 import common_pb2, reward_pb2, reward_pb2_grpc
+from rlfleet.workers.limits import LimitsConfig
 from tests.conftest import free_port
 
 OK, TIMEOUT, ERROR = common_pb2.REWARD_STATUS_OK, common_pb2.REWARD_STATUS_TIMEOUT, common_pb2.REWARD_STATUS_ERROR
@@ -183,7 +184,7 @@ def test_cpu_limits_stop_a_spinning_item_before_its_deadline(hostile, limit):
 
 @pytest.mark.parametrize("allow_network", [False, True])
 def test_network_only_when_allowed(hostile, allow_network):
-    from reward_server.isolation import plan_fence
+    from rlfleet.workers.isolation import plan_fence
 
     if not allow_network and not plan_fence(False, "nobody").network_blocked:
         pytest.skip("no network namespace on this machine")

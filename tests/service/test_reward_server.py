@@ -20,7 +20,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from prometheus_client.parser import text_string_to_metric_families
 
 from reward_server.__main__ import main
-from reward_server.config import LimitsConfig, RewardConfig
+from reward_server.config import RewardConfig
 from reward_server.core import RewardCore
 from reward_server.server import SERVICE, start_server
 from rlfleet.cli import run_command
@@ -28,6 +28,7 @@ from rlfleet.clients import RewardClient, make_channel
 from rlfleet.config import ClientConfig, ServerConfig
 from rlfleet.outcomes import RewardItem, RewardStatus
 from rlfleet.v1 import reward_pb2, reward_pb2_grpc
+from rlfleet.workers.limits import LimitsConfig
 
 OK, TIMEOUT, ERROR, INVALID = (RewardStatus.OK, RewardStatus.TIMEOUT, RewardStatus.ERROR, RewardStatus.INVALID_OUTPUT)
 ONE_ATTEMPT = ClientConfig(max_attempts=1)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from env_server.adapter import Sessions, load_environments
-from reward_server.scripts import ScriptError, ScriptSource
+from rlfleet.workers.scripts import ScriptError, ScriptSource
 
 SCRIPT = '''
 import asyncio

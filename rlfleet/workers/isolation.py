@@ -1,10 +1,10 @@
-"""Fences around reward workers: clean environment, namespaces, a drop to an unprivileged user, whole-tree kills.
+"""Fences around workers running user code: clean environment, namespaces, drop to an unprivileged user, tree kills.
 
 Server side: `plan_fence()` picks the command prefix that starts a worker in its own PID, mount and
 (by default) network namespaces (`unshare`, util-linux), `clean_environ()` builds the only
 environment a worker gets, `make_undumpable()` hides the server's /proc/PID/environ and memory from
 processes of its own uid. Worker side: `expose()` and `drop_privileges()` run in a fresh worker
-before any reward code, `harden()` right after.
+before any user code, `harden()` right after.
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ import signal
 import stat
 import subprocess
 import sys
+import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,9 +35,9 @@ class Fence:
     """How workers start on this machine, and what that enforces (logged at start)."""
 
     prefix: tuple[str, ...]
-    """Command put before `python -m reward_server.worker_main`; () when no namespace can be made here."""
+    """Command put before `python -m rlfleet.workers.worker_main`; () when no namespace can be made here."""
     uid: int | None = None
-    """User the worker switches to before reward code runs (set only when the service runs as root)."""
+    """User the worker switches to before user code runs (set only when the service runs as root)."""
     gid: int | None = None
     network_blocked: bool = False
 
@@ -184,3 +185,13 @@ def tree_cpu_seconds(pid: int) -> float | None:
     except (OSError, ValueError, IndexError):
         return None
     return own + sum(tree_cpu_seconds(child) or 0.0 for child in children(pid))
+
+
+def kill_group(pgid: int) -> None:
+    """SIGKILL every process of a group, repeating while members remain (a forking one may add some)."""
+    for _ in range(20):
+        try:
+            os.killpg(pgid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            return
+        time.sleep(0.005)

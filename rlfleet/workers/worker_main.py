@@ -1,13 +1,12 @@
-"""A reward worker process: `python -m reward_server.worker_main REQUESTS_FD REPLIES_FD SHARED_FD` (started by workers.py).
+"""A worker process: `python -m rlfleet.workers.worker_main REQUESTS_FD REPLIES_FD SHARED_FD` (started by pool.py).
 
-Reads its job (script, limits, user) from REQUESTS_FD, fences itself in (rlimits with hard = soft,
-the drop to an unprivileged user, no new privileges), imports the script, then answers chunks.
-Requests are pickles written by the server (the worker trusts its server); every reply is JSON
-(`plain data`), because the server must never unpickle what reward code could have written.
-SHARED_FD is a 16-byte shared file: the index (from 1) of the item being scored, then the worker's
-wait status + 1 once it ended (written by the namespace's init, see init()).
-A Job with `serve_with` hands the fenced worker to another service's loop instead of the reward
-chunks (env_server.worker: environment sessions), so both run behind the same fence.
+Reads its Job (the service's loop, script, limits, user) from REQUESTS_FD, imports the service's loop
+(Job.serve_with: reward_server.worker, env_server.worker), fences itself in (rlimits with hard = soft,
+the drop to an unprivileged user, no new privileges), then hands over to that loop, which imports the
+user's script and answers. Requests are pickles written by the server (the worker trusts its server);
+every reply is JSON (`plain data`, rlfleet.workers.frames), because the server must never unpickle what
+user code could have written. SHARED_FD is a 16-byte shared file: the index (from 1) of the item being
+worked on, then the worker's wait status + 1 once it ended (written by the namespace's init, see init()).
 """
 
 from __future__ import annotations
@@ -22,27 +21,18 @@ import signal
 import sys
 from dataclasses import dataclass, field
 
-from reward_server import isolation
-from reward_server.items import RewardItem
-from reward_server.replies import encode_outcomes, read_frame, send
-from reward_server.scripts import (
-    RewardFunction,
-    ScriptError,
-    ScriptSource,
-    call_batched,
-    call_one,
-    calling_form,
-    describe,
-    load_script,
-    script_functions,
-)
+from rlfleet.workers import isolation
+from rlfleet.workers.frames import read_frame, send
+from rlfleet.workers.scripts import ScriptError, ScriptSource
 
 SHARED_BYTES = 16
 
 
+# Here rather than beside LimitsConfig (limits.py): the worker unpickles it, and limits.py imports
+# pydantic, which would add ~0.5 s to every worker start.
 @dataclass(frozen=True)
 class WorkerLimits:
-    """What one worker may use and reach (config.LimitsConfig documents each field); None = not limited."""
+    """What one worker may use and reach (limits.LimitsConfig documents each field); None = not limited."""
 
     address_space_bytes: int | None = 4 * 1024**3
     open_files: int | None = 256
@@ -56,8 +46,10 @@ class WorkerLimits:
 
 @dataclass(frozen=True)
 class Job:
-    """The first message a worker reads: what to load and how to fence itself."""
+    """The first message a worker reads: whose loop to run, what to load and how to fence itself."""
 
+    serve_with: str
+    """A module whose serve(job, requests, replies, progress) answers once the worker is fenced."""
     script: ScriptSource | None
     limits: WorkerLimits
     uid: int | None = None
@@ -66,8 +58,6 @@ class Job:
     """Directories the worker must still read after dropping to uid (the script's folder, the service's cwd)."""
     private_mounts: bool = False
     """True when the worker has its own mount namespace, where expose() may mount without touching the host."""
-    serve_with: str = ""
-    """A module whose serve(job, requests, replies, progress) answers after the fence instead of the reward loop."""
 
 
 def apply_limits(limits: WorkerLimits) -> None:
@@ -79,30 +69,6 @@ def apply_limits(limits: WorkerLimits) -> None:
                          (resource.RLIMIT_CPU, cpu)):
         if value is not None:
             resource.setrlimit(which, (value, value))
-
-
-def available_functions(script: ScriptSource | None) -> dict[str, RewardFunction]:
-    """Built-ins, then the script's functions (a script function shadows a built-in of the same name)."""
-    from reward_server.builtins import BUILTINS
-
-    functions = {name: RewardFunction(name, fn, bool(calling_form(fn)), "builtin", describe(fn))
-                 for name, fn in BUILTINS.items()}
-    if script is not None:
-        functions.update(script_functions(load_script(script)))
-    return functions
-
-
-def run_chunk(function: RewardFunction, items: list[RewardItem], progress) -> list:
-    """["ok", outcomes] or ["raised", message] for a batch function that raised."""
-    if function.batched:
-        progress.value = 1
-        result = call_batched(function, items)
-        return ["raised", result] if isinstance(result, str) else ["ok", encode_outcomes(result)]
-    outcomes = []
-    for i, item in enumerate(items):
-        progress.value = i + 1  # the server reads this to know which item hung or crashed
-        outcomes.append(call_one(function, item))
-    return ["ok", encode_outcomes(outcomes)]
 
 
 def fence(job: Job) -> None:
@@ -128,23 +94,15 @@ def fence(job: Job) -> None:
 
 def serve(requests: int, replies: int, progress) -> None:
     job: Job = pickle.loads(read_frame(requests))
+    # The service's own loop (trusted code) is imported before the fence, so that needed_paths()
+    # keeps its package readable after the drop to job.uid.
+    handler = importlib.import_module(job.serve_with).serve
     try:
         fence(job)
-        handler = importlib.import_module(job.serve_with).serve if job.serve_with else None
-        functions = {} if handler else available_functions(job.script)
     except ScriptError as err:
         send(replies, ["import_error", str(err)])
         return
-    if handler is not None:
-        return handler(job, requests, replies, progress)
-    catalog = [[f.name, f.batched, f.kind, f.description] for f in functions.values()]
-    send(replies, ["ready", catalog])
-    while True:
-        try:
-            name, items = pickle.loads(read_frame(requests))
-        except EOFError:
-            return
-        send(replies, run_chunk(functions[name], items, progress))
+    handler(job, requests, replies, progress)
 
 
 def init(worker: int, status) -> None:
@@ -181,6 +139,6 @@ def main(argv: list[str]) -> None:
 
 if __name__ == "__main__":
     # Run the imported module, not this __main__ copy, so that the pickled Job's classes are this code's.
-    from reward_server import worker_main
+    from rlfleet.workers import worker_main
 
     worker_main.main(sys.argv[1:])
