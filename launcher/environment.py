@@ -63,6 +63,9 @@ def tool_warm_start(config: UpConfig, base: Path, run_dir: Path) -> tuple[str, f
 def add_env_tables(tables: dict, config: UpConfig, address: str) -> None:
     """The environment service's table, and the learner's multi-turn source pointed at it."""
     tables["env"] = {"script": str(env_script(config)), "workers": 1}
+    # Each turn re-sends the whole conversation; vLLM caches prefixes in whole blocks, and the CPU's default
+    # block (128 tokens) is longer than the tiny model's whole conversations: nothing would be reused.
+    tables["generator"]["block_size"] = 32
     source = tables["learner"]["source"]
     # The tiny model writes calc(37*58) (one token per byte: the JSON form would be 60 tokens to learn).
     source["environment"] = {"address": address, "max_turns": config.max_turns,

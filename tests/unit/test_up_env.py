@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from env_server.config import EnvConfig
+from generator.config import GeneratorConfig
 from launcher.checks import check_inputs, used_ports
 from launcher.launch import Ports, cluster_tables
 from launcher.tiny_model import build_tokenizer
@@ -25,6 +26,7 @@ def test_builtin_env_brings_its_dataset_its_service_and_no_reward_service(tmp_pa
     path = tmp_path / "cluster.toml"
     path.write_text(to_toml(tables))
     env = load_config(EnvConfig, ["--config", str(path)], environ={})
+    assert load_config(GeneratorConfig, ["--config", str(path)], environ={}).block_size == 32
     learner = load_config(LearnerConfig, ["--config", str(path)], environ={})
     assert env.script == ENVIRONMENT_SCRIPTS["calculator"]
     source = learner.source
