@@ -93,7 +93,7 @@ class PipelineConfig(ConfigModel):
     prompts_per_batch: int = Field(8, ge=1)
     """Prompt groups in one training batch."""
     max_tokens: int = Field(64, ge=1)
-    """Maximum completion tokens."""
+    """Maximum completion tokens (with an environment: of one model turn)."""
     temperature: float = Field(1.0, ge=0)
     """Sampling temperature."""
     top_p: float = Field(1.0, gt=0, le=1)
@@ -134,6 +134,14 @@ class PipelineConfig(ConfigModel):
         if value is not None:
             split_target(value)
         return value
+
+    @model_validator(mode="after")
+    def _turns_need_the_template(self) -> PipelineConfig:
+        # Multi-turn rollouts render every turn with the chat template; there is no raw-text form of a conversation.
+        if self.environment is not None and not self.chat_template:
+            raise ValueError("source.chat_template: must be true with source.environment (turns are rendered "
+                             "with the model's chat template)")
+        return self
 
     @model_validator(mode="before")
     @classmethod
