@@ -147,11 +147,15 @@ class MultiTurnDriver:
 
     async def _start(self, index: int, row: PromptRow, n: int, max_model_len: int | None) -> list[Trajectory]:
         columns: dict[str, Any] = {"prompt": row.prompt, **row.columns}
-        sessions = await asyncio.gather(*(self._timed("start", self.environment.start(
-            columns, self.config.environment, session_id=uuid.uuid4().hex)) for _ in range(n)))
+        outcomes = await asyncio.gather(*(self._timed("start", self.environment.start(
+            columns, self.config.environment, session_id=uuid.uuid4().hex)) for _ in range(n)), return_exceptions=True)
+        sessions = [o for o in outcomes if not isinstance(o, BaseException)]
+        raised = [o for o in outcomes if isinstance(o, BaseException)]
         failed = [s for s, _ in sessions if not s.ok]
-        if failed:
-            await self._close_sessions([s for s, _ in sessions])
+        if raised or failed:
+            await self._close_sessions([s for s, _ in sessions])   # the ones that did start
+            if raised:
+                raise raised[0]
             raise EnvironmentFailed(f"{failed[0].start.status.value}: {failed[0].start.error}")
         trajectories = []
         for session, seconds in sessions:
