@@ -52,7 +52,9 @@ def evaluate(expression: str) -> int:
 class Calculator:
     """Arithmetic with a calculator tool: the answer must be the exact value."""
 
-    def reset(self, answer: str, **row) -> str | None:
+    def reset(self, answer: str | None = None, **row) -> str | None:
+        if answer is None:
+            raise ValueError("the row has no answer to grade against")
         self.answer = str(answer).strip()
         self.reply: str | None = None
         return None

@@ -83,7 +83,7 @@ async def _generate_and_score(generator: GeneratorClient, scorer: GroupScorer, r
     if turns is None:
         groups = [g async for g in generator.generate(prompts, sampling, timeout=source.generate_timeout_seconds)]
     else:   # a row whose environment does not start has no trajectory to score: it is left out
-        max_model_len = (await generator.info(timeout=5.0)).max_model_len
+        max_model_len = (await generator.info(timeout=5.0)).max_model_len or None   # 0: not said
         groups = [done.group async for done in turns.rollouts(rows, generator, sampling,
                                                               source.generate_timeout_seconds, max_model_len)
                   if done.group is not None]

@@ -355,7 +355,7 @@ class MultiTurnRollout(SingleTurnDriver):
         self.turns = MultiTurnDriver(env, renderer, self.environment)
 
     async def _groups(self, endpoint: Endpoint, rows: list[PromptRow]) -> AsyncIterator[Group | Dropped]:
-        max_model_len = (await endpoint.client.info(timeout=5.0)).max_model_len
+        max_model_len = (await endpoint.client.info(timeout=5.0)).max_model_len or None   # 0: not said
         async for done in self.turns.rollouts(rows, endpoint.client, self._sampling(),
                                               self.config.generate_timeout_seconds, max_model_len):
             yield done.group if done.group is not None else Dropped(done.row.prompt_id, "environment_error", done.error)

@@ -123,5 +123,5 @@ def test_trajectory_past_its_turns_ends_truncated():
 def test_row_whose_environment_cannot_start_comes_back_with_the_error():
     done, generator = _run(calculator_policy, rows=[PromptRow("bad", "1*1", None, {}), ROWS[0]], n=2)
     by_id = {d.row.prompt_id: d for d in done}
-    assert by_id["bad"].group is None and "reset() raised TypeError" in by_id["bad"].error
+    assert by_id["bad"].group is None and "reset() raised ValueError: the row has no answer" in by_id["bad"].error
     assert by_id["r0"].group.samples[0].trajectory.environment_score.reward == 1.0
