@@ -71,7 +71,8 @@ EXPOSE 50051 9100
 # Ports by convention: gRPC 50051, Prometheus /metrics 9100 (set in the cluster TOML, not here: an
 # RLFLEET_* variable would silently override the file). HEALTH_PORT only tells the probe where to ask.
 # The probe speaks the gRPC health protocol (grpc.health.v1): SERVING only once the model is loaded.
-HEALTHCHECK --interval=15s --timeout=5s --start-period=300s --retries=3 \
+# Its timeout covers starting a Python process: on a busy 2-core machine that took more than 5 s.
+HEALTHCHECK --interval=15s --timeout=30s --start-period=300s --retries=3 \
     CMD rlfleet health "127.0.0.1:${HEALTH_PORT}" || exit 1
 ENTRYPOINT ["rlfleet"]
 CMD ["--help"]
@@ -106,7 +107,7 @@ RUN mkdir -p .cache/huggingface .cache/torch_extensions
 ENV TORCH_EXTENSIONS_DIR=/home/rlfleet/.cache/torch_extensions \
     HEALTH_PORT=50051
 EXPOSE 50051 9100
-HEALTHCHECK --interval=15s --timeout=5s --start-period=600s --retries=3 \
+HEALTHCHECK --interval=15s --timeout=30s --start-period=600s --retries=3 \
     CMD rlfleet health "127.0.0.1:${HEALTH_PORT}" || exit 1
 ENTRYPOINT ["rlfleet"]
 CMD ["--help"]
