@@ -48,9 +48,19 @@ class UpConfig(CommandConfig):
     environment_factory form). Its get_reward() is the reward; a --reward-script adds a reward service."""
     max_turns: int = Field(4, ge=1)
     """Model turns per trajectory with --env; a trajectory still calling tools after them ends truncated."""
-    warmstart_tool_fraction: float = Field(0.5, ge=0, le=1)
+    warmstart_tool_fraction: float = Field(0.25, ge=0, le=1)
     """With --env builtin:calculator: the fraction of warm-start conversations that call the tool (the
-    rest answer straight away, i.e. guess); RL is left to find out that the tool pays."""
+    rest answer straight away, i.e. guess); RL is left to find out that the tool pays. At 0.5 the greedy
+    (held-out) policy already called the tool on every row and only the sampled one had something to learn."""
+    algo: Literal["grpo", "ppo"] = "grpo"
+    """The learner's algorithm table: grpo, or ppo (a critic on its own LoRA adapter, GAE, PPO-clip, 2 epochs x 2
+    mini-batches per batch); only that table differs (launcher/algorithms.py). ppo trains on a reward model."""
+    reward_model: str | None = None
+    """Reward model whose score is the reward (the script's --reward functions stay as weight-0 components, still
+    reported): a folder from `rlfleet train-rm`, or `builtin` (the default of --algo ppo on builtin:reverse) to
+    train one on the task's preference pairs from the warm-started model."""
+    reward_model_steps: int = Field(600, ge=1)
+    """Training steps of the built-in reward model (32 preference pairs each)."""
     generators: int = Field(1, ge=1, le=16)
     """Generator processes."""
     reference_service: bool = True
@@ -71,6 +81,9 @@ class UpConfig(CommandConfig):
     """Learning rate of the LoRA adapter (LoRA wants ~10x full fine-tuning's; 2e-3 drifted to KL 0.3 in 40 steps)."""
     lora_rank: int = Field(16, ge=1)
     """LoRA rank."""
+    lora_alpha: float = Field(32.0, gt=0)
+    """LoRA alpha, fixed across ranks (the update is scaled by alpha / rank): with alpha fixed, the best learning
+    rate barely depends on the rank ("LoRA Without Regret", Thinking Machines 2025)."""
     warmstart_steps: int = Field(130, ge=0)
     """Supervised warm-start steps of the built-in tiny model (ignored for other models)."""
     eval_rows: int = Field(64, ge=0)
