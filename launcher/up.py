@@ -86,9 +86,6 @@ class UpConfig(CommandConfig):
     lora_alpha: float = Field(32.0, gt=0)
     """LoRA alpha, fixed across ranks (the update is scaled by alpha / rank): with alpha fixed, the best learning
     rate barely depends on the rank ("LoRA Without Regret", Thinking Machines 2025)."""
-    lora_alpha: float = Field(32.0, gt=0)
-    """LoRA alpha, fixed across ranks (the update is scaled by alpha / rank): with alpha fixed, the best learning
-    rate barely depends on the rank ("LoRA Without Regret", Thinking Machines 2025)."""
     warmstart_steps: int = Field(130, ge=0)
     """Supervised warm-start steps of the built-in tiny model (ignored for other models)."""
     eval_rows: int = Field(64, ge=0)
