@@ -179,7 +179,7 @@ class RewardCore:
 
     async def _score_model(self, spec: RewardSpec, items: list[RewardItem]) -> list[Outcome]:
         start = time.perf_counter()
-        values = await asyncio.to_thread(self.model.score, [i.prompt + i.completion for i in items])
+        values = await asyncio.to_thread(self.model.score_items, [i.prompt for i in items], [i.completion for i in items])
         metrics.SCORE_LATENCY.labels(spec.name).observe(time.perf_counter() - start)
         return [check_value(v) for v in values]
 

@@ -1,4 +1,8 @@
-"""Model-based reward: a sequence-classification model scoring prompt + completion, batched by token budget.
+"""Model-based reward: a sequence-classification model scoring (prompt, completion), batched by token budget.
+
+What the model reads is `rlfleet.reward_input.reward_model_ids`, shared with `rlfleet train-rm` so
+that training and serving see the same tokens: the conversation in the tokenizer's chat template
+when it has one, else the plain text prompt + completion.
 
 Scores do not depend on batch composition: sequences are right-padded, so every real token keeps
 its position id and attends only to real tokens (left padding would shift Llama's default
@@ -12,6 +16,7 @@ import threading
 from pathlib import Path
 
 from rlfleet.adapters.identity import base_model_id
+from rlfleet.reward_input import reward_model_ids
 
 
 class RewardModel:
@@ -52,11 +57,18 @@ class RewardModel:
         return groups
 
     def score(self, texts: list[str]) -> list[float]:
-        """One score per text, in order."""
+        """One score per plain text, in order (no chat template)."""
+        return self.score_ids([self.tokenizer(t, add_special_tokens=True)["input_ids"] for t in texts])
+
+    def score_items(self, prompts: list[str], completions: list[str]) -> list[float]:
+        """One score per (prompt, completion), read as `reward_model_ids` formats it."""
+        return self.score_ids([reward_model_ids(self.tokenizer, p, c) for p, c in zip(prompts, completions, strict=True)])
+
+    def score_ids(self, ids: list[list[int]]) -> list[float]:
+        """One score per token sequence, in order."""
         import torch
 
-        ids = [self.tokenizer(t, add_special_tokens=True)["input_ids"] for t in texts]
-        scores: list[float] = [0.0] * len(texts)
+        scores: list[float] = [0.0] * len(ids)
         with self._lock, torch.inference_mode():
             for group in self.batches([len(x) for x in ids]):
                 width = max(len(ids[i]) for i in group)

@@ -19,6 +19,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "env-server": ("env_server.__main__", "serve a Python environment's multi-turn, tool-using sessions"),
     "reference": ("reference.__main__", "serve the frozen reference model's per-token log-probs"),
     "learner": ("learner.__main__", "train a LoRA adapter with DeepSpeed and push it to generators"),
+    "train-rm": ("learner.reward_model.__main__", "train a Bradley-Terry reward model on preference pairs"),
     "up": ("launcher.up", "run the whole cluster as local processes (the main job)"),
     "plot": ("launcher.plot", "plot a run's reward, KL, length and throughput to RUN_DIR/training.png"),
     "export": ("learner.export", "export a trained adapter; --merge writes a merged Hugging Face model"),
