@@ -15,6 +15,22 @@ import pytest
 from tests.conftest import free_port
 
 
+def pytest_configure(config):
+    config.addinivalue_line(
+        "markers", "compose: runs the real compose cluster in Docker (CI's own stage: pytest -m compose); "
+        "deselected unless -m names it")
+
+
+def pytest_collection_modifyitems(config, items):
+    """Deselects `compose` tests unless the -m expression names them: they need Docker, built images and minutes."""
+    if "compose" in (config.getoption("markexpr") or ""):
+        return
+    deselected = [item for item in items if item.get_closest_marker("compose")]
+    if deselected:
+        config.hook.pytest_deselected(items=deselected)
+        items[:] = [item for item in items if not item.get_closest_marker("compose")]
+
+
 @dataclass(frozen=True)
 class RunningService:
     """A service running in a background thread of this process."""
