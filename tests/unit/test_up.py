@@ -133,7 +133,7 @@ def test_check_dataset_reads_only_the_header_or_first_record(tmp_path):
         check_dataset(str(tmp_path / "e.jsonl"))
     with pytest.raises(ValueError, match="no such file"):
         check_dataset(str(tmp_path / "missing.csv"))
-    with pytest.raises(ValueError, match=r"unknown built-in task; choose from \['calculator', 'reverse'\]"):
+    with pytest.raises(ValueError, match=r"unknown built-in task; choose from \['calculator', 'reverse', 'reverse_long'\]"):
         check_dataset("builtin:sort")
 
 
