@@ -57,8 +57,8 @@ class UpConfig(CommandConfig):
     mini-batches per batch); only that table differs (launcher/algorithms.py). ppo trains on a reward model."""
     reward_model: str | None = None
     """Reward model whose score is the reward (the script's --reward functions stay as weight-0 components, still
-    reported): a folder from `rlfleet train-rm`, `builtin` (the default of --algo ppo on builtin:reverse) to
-    train one on the task's preference pairs from the warm-started model, or `none` for the script's rewards."""
+    reported): a folder from `rlfleet train-rm`, or `builtin` (the default of --algo ppo on builtin:reverse) to
+    train one on the task's preference pairs from the warm-started model."""
     reward_model_steps: int = Field(800, ge=1)
     """Training steps of the built-in reward model (32 preference pairs each)."""
     generators: int = Field(1, ge=1, le=16)
@@ -78,8 +78,7 @@ class UpConfig(CommandConfig):
     max_staleness: int = Field(1, ge=0)
     """Policy versions a rollout may lag (0 = on-policy; 1 overlaps generation with training)."""
     lr: float = Field(1e-3, gt=0)
-    """Learning rate of the LoRA adapter per rollout batch (LoRA wants ~10x full fine-tuning's; 2e-3 drifted to KL
-    0.3 in 40 steps); --algo ppo divides it among its 4 updates per batch."""
+    """Learning rate of the LoRA adapter (LoRA wants ~10x full fine-tuning's; 2e-3 drifted to KL 0.3 in 40 steps)."""
     lora_rank: int = Field(1, ge=1)
     """LoRA rank. RL needs little capacity, and vLLM's CPU LoRA path costs per token in proportion to the rank:
     one generation call of the demo took 0.44 CPU-s at rank 1 and 1.2 at rank 16, and held-out accuracy after
