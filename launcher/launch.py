@@ -12,7 +12,6 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from generator.config import VLLM_LORA_RANKS
-from launcher.algorithms import apply_algorithm, prepare_reward_model, task_reward
 from launcher.cluster import ClusterError, LocalCluster, Service
 from launcher.environment import add_env_tables, tool_warm_start, uses_reward_service
 from launcher.progress import ProgressView
@@ -91,7 +90,7 @@ def vllm_rank(rank: int) -> int:
     return next((r for r in VLLM_LORA_RANKS if r >= rank), rank)
 
 
-def cluster_tables(config: UpConfig, model: str, run_dir: Path, ports: Ports, reward_model: str | None = None) -> dict:
+def cluster_tables(config: UpConfig, model: str, run_dir: Path, ports: Ports) -> dict:
     """One table per service; the same tables a compose deployment reads (compose/cluster*.toml)."""
     reward_script = str(config.reward_script or REWARD_SCRIPT)
     reference = config.reference_service and config.kl_coef > 0
@@ -118,7 +117,6 @@ def cluster_tables(config: UpConfig, model: str, run_dir: Path, ports: Ports, re
             },
         },
     }
-    apply_algorithm(tables, config, reward_model)
     if config.env is not None:
         add_env_tables(tables, config, f"127.0.0.1:{ports.environment}")
     return tables
@@ -164,16 +162,12 @@ def heldout_reward(config: UpConfig, tables: dict, label: str) -> tuple[float | 
                              pipeline.eval_split_fraction, pipeline.seed)
     result = asyncio.run(evaluate(eval_rows[: config.eval_rows], learner))
     parts = ", ".join(f"{k} {v:.3f}" for k, v in result.components.items())
-    mean = result.mean_reward
-    if "model" in tables["reward"]:  # the policy trains on the reward model; the task's reward is what is measured
-        mean = task_reward(result.components, config.reward)
-        parts = f"reward model {result.mean_reward:.3f}; {parts}"
-    print(f"           held-out reward {label}: {mean:.3f} ({parts}; {result.rows} prompts, "
+    print(f"           held-out reward {label}: {result.mean_reward:.3f} ({parts}; {result.rows} prompts, "
           f"policy version {result.policy_version})", flush=True)
     if result.trajectories:
         print("           held-out trajectories: " + ", ".join(f"{k} {v:.3f}" for k, v in result.trajectories.items()),
               flush=True)
-    return mean, result.trajectories.get("tool_call_rate")
+    return result.mean_reward, result.trajectories.get("tool_call_rate")
 
 
 def wait_for_version(address: str, version: int, timeout: float = 60.0) -> int:
@@ -233,9 +227,8 @@ def run_cluster(config: UpConfig) -> int:
     run_dir = (config.run_dir or Path("runs") / time.strftime("%Y%m%d-%H%M%S")).resolve()
     run_dir.mkdir(parents=True, exist_ok=True)
     model, warm_seconds = prepare_model(config, run_dir)
-    reward_model, _ = prepare_reward_model(config, model, run_dir)
     ports = Ports.from_base(config.base_port, config.generators)
-    tables = cluster_tables(config, model, run_dir, ports, reward_model)
+    tables = cluster_tables(config, model, run_dir, ports)
     cluster_toml = run_dir / "cluster.toml"
     cluster_toml.write_text("# Resolved by `rlfleet up`; each service reads its own table.\n\n" + to_toml(tables))
     cluster = LocalCluster(run_dir)
@@ -245,7 +238,7 @@ def run_cluster(config: UpConfig) -> int:
         services = start_services(cluster, config, cluster_toml, ports, with_reference)
         cluster.wait_healthy(services, config.health_timeout_seconds)
         before, tools_before = heldout_reward(config, tables, "before")
-        print(f"phase 3/3  training {config.steps} steps ({config.algo}): {config.generators} generator(s), "
+        print(f"phase 3/3  training {config.steps} steps: {config.generators} generator(s), "
               f"max_staleness {config.max_staleness}, group size {config.group_size}", flush=True)
         train(cluster, config, cluster_toml, ports, run_dir)
         trained = summarise(run_dir, None, None, 0, warm_seconds)

@@ -59,7 +59,7 @@ class UpConfig(CommandConfig):
     """Reward model whose score is the reward (the script's --reward functions stay as weight-0 components, still
     reported): a folder from `rlfleet train-rm`, or `builtin` (the default of --algo ppo on builtin:reverse) to
     train one on the task's preference pairs from the warm-started model."""
-    reward_model_steps: int = Field(800, ge=1)
+    reward_model_steps: int = Field(600, ge=1)
     """Training steps of the built-in reward model (32 preference pairs each)."""
     generators: int = Field(1, ge=1, le=16)
     """Generator processes."""
