@@ -52,15 +52,6 @@ class UpConfig(CommandConfig):
     """With --env builtin:calculator: the fraction of warm-start conversations that call the tool (the
     rest answer straight away, i.e. guess); RL is left to find out that the tool pays. At 0.25 the
     130 steps did not teach the copying (warm-start loss 1.1, held-out 0.03, no reward to learn from)."""
-    algo: Literal["grpo", "ppo"] = "grpo"
-    """The learner's algorithm table: grpo, or ppo (a critic on its own LoRA adapter, GAE, PPO-clip, 2 epochs x 2
-    mini-batches per batch); only that table differs (launcher/algorithms.py). ppo trains on a reward model."""
-    reward_model: str | None = None
-    """Reward model whose score is the reward (the script's --reward functions stay as weight-0 components, still
-    reported): a folder from `rlfleet train-rm`, or `builtin` (the default of --algo ppo on builtin:reverse) to
-    train one on the task's preference pairs from the warm-started model."""
-    reward_model_steps: int = Field(600, ge=1)
-    """Training steps of the built-in reward model (32 preference pairs each)."""
     generators: int = Field(1, ge=1, le=16)
     """Generator processes."""
     reference_service: bool = True
