@@ -44,7 +44,8 @@ def uses_reward_service(config: UpConfig) -> bool:
 
 def tool_warm_start(config: UpConfig, base: Path, run_dir: Path) -> tuple[str, float]:
     """The visible warm-start phase of a built-in tool task: whole conversations, some calling the tool."""
-    from launcher.warmstart_tools import calculator_examples, warm_start_examples
+    from launcher.warmstart import warm_start_examples
+    from launcher.warmstart_tools import calculator_examples
     from learner.pipeline.dataset import builtin_rows
     from learner.pipeline.turns import TurnRenderer
 

@@ -41,9 +41,23 @@ def _encode(tokenizer, row: PromptRow) -> tuple[list[int], list[int]]:
     return prompt_ids, answer_ids
 
 
+# Token ids, and which of them the loss trains on.
+Example = tuple[list[int], list[bool]]
+
+
 def warm_start(model_dir: str | Path, out_dir: str | Path, rows: list[PromptRow], steps: int,
                lr: float = 1e-3, batch_size: int = 32, seed: int = 0) -> WarmStartResult:
     """Fine-tunes all weights on (prompt -> answer) for `steps` steps; loss on answer tokens only."""
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    examples = [(p + a, [False] * len(p) + [True] * len(a)) for p, a in (_encode(tokenizer, row) for row in rows)]
+    return warm_start_examples(model_dir, out_dir, examples, steps, lr, batch_size, seed)
+
+
+def warm_start_examples(model_dir: str | Path, out_dir: str | Path, examples: list[Example], steps: int,
+                        lr: float = 1e-3, batch_size: int = 32, seed: int = 0) -> WarmStartResult:
+    """Fine-tunes all weights on `examples` for `steps` steps (loss on the trained tokens); saves to `out_dir`."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -54,18 +68,17 @@ def warm_start(model_dir: str | Path, out_dir: str | Path, rows: list[PromptRow]
     model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
     model.train()
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0)
-    encoded = [_encode(tokenizer, row) for row in rows]
     loss_value = float("nan")
     for step in range(steps):
-        batch = rng.sample(encoded, min(batch_size, len(encoded)))
-        width = max(len(p) + len(a) for p, a in batch)
+        batch = rng.sample(examples, min(batch_size, len(examples)))
+        width = max(len(tokens) for tokens, _ in batch)
         ids = torch.full((len(batch), width), tokenizer.pad_token_id)      # [B, L]
         labels = torch.full((len(batch), width), -100)                      # [B, L]; -100 = ignored
         attention = torch.zeros((len(batch), width), dtype=torch.long)      # [B, L]
-        for i, (p, a) in enumerate(batch):
-            ids[i, : len(p) + len(a)] = torch.tensor(p + a)
-            labels[i, len(p): len(p) + len(a)] = torch.tensor(a)
-            attention[i, : len(p) + len(a)] = 1
+        for i, (tokens, trained) in enumerate(batch):
+            ids[i, :len(tokens)] = torch.tensor(tokens)
+            labels[i, :len(tokens)] = torch.where(torch.tensor(trained), torch.tensor(tokens), -100)
+            attention[i, :len(tokens)] = 1
         loss = model(input_ids=ids, attention_mask=attention, labels=labels).loss
         loss.backward()
         optimizer.step()

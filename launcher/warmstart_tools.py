@@ -9,18 +9,11 @@ the tool pays (the tool-call rate and the held-out accuracy rise). Loss on the m
 
 from __future__ import annotations
 
-import logging
 import random
-import time
-from pathlib import Path
 
-from launcher.warmstart import WarmStartResult
+from launcher.warmstart import Example
 from learner.pipeline.dataset import PromptRow
 from learner.pipeline.turns import TurnRenderer
-
-log = logging.getLogger(__name__)
-
-Example = tuple[list[int], list[bool]]   # token ids, and which of them the loss trains on
 
 
 def calculator_examples(renderer: TurnRenderer, rows: list[PromptRow], tool_fraction: float,
@@ -46,40 +39,3 @@ def calculator_examples(renderer: TurnRenderer, rows: list[PromptRow], tool_frac
             trained = [False] * len(prompt) + [True] * len(answer)
         examples.append((tokens, trained))
     return examples
-
-
-def warm_start_examples(model_dir: str | Path, out_dir: str | Path, examples: list[Example], steps: int,
-                        lr: float = 1e-3, batch_size: int = 32, seed: int = 0) -> WarmStartResult:
-    """Fine-tunes all weights on `examples` for `steps` steps (loss on the trained tokens); saves to `out_dir`."""
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    start = time.perf_counter()
-    torch.manual_seed(seed)
-    rng = random.Random(seed)
-    tokenizer = AutoTokenizer.from_pretrained(model_dir)
-    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
-    model.train()
-    optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0)
-    loss_value = float("nan")
-    for step in range(steps):
-        batch = rng.sample(examples, min(batch_size, len(examples)))
-        width = max(len(tokens) for tokens, _ in batch)
-        ids = torch.full((len(batch), width), tokenizer.pad_token_id)      # [B, L]
-        labels = torch.full((len(batch), width), -100)                      # [B, L]; -100 = ignored
-        attention = torch.zeros((len(batch), width), dtype=torch.long)      # [B, L]
-        for i, (tokens, trained) in enumerate(batch):
-            ids[i, :len(tokens)] = torch.tensor(tokens)
-            labels[i, :len(tokens)] = torch.where(torch.tensor(trained), torch.tensor(tokens), -100)
-            attention[i, :len(tokens)] = 1
-        loss = model(input_ids=ids, attention_mask=attention, labels=labels).loss
-        loss.backward()
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        loss_value = loss.item()
-        if step % 50 == 0 or step == steps - 1:
-            log.info("warm-start step %d/%d loss %.3f", step + 1, steps, loss_value)
-    out = Path(out_dir)
-    model.save_pretrained(out, safe_serialization=True)
-    tokenizer.save_pretrained(out)
-    return WarmStartResult(out, steps, loss_value, time.perf_counter() - start)
