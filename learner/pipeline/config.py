@@ -94,8 +94,8 @@ class PipelineConfig(ConfigModel):
     """Prompt groups in one training batch."""
     max_tokens: int = Field(64, ge=1)
     """Maximum completion tokens (with an environment: of one model turn)."""
-    temperature: float = Field(1.0, ge=0)
-    """Sampling temperature."""
+    temperature: float = Field(1.0, ge=0, allow_inf_nan=False)
+    """Sampling temperature; 0 (greedy) only with group_size 1."""
     top_p: float = Field(1.0, gt=0, le=1)
     """Nucleus sampling mass."""
     stop: list[str] = []
@@ -141,6 +141,16 @@ class PipelineConfig(ConfigModel):
         if self.environment is not None and not self.chat_template:
             raise ValueError("source.chat_template: must be true with source.environment (turns are rendered "
                              "with the model's chat template)")
+        return self
+
+    @model_validator(mode="after")
+    def _groups_can_differ(self) -> PipelineConfig:
+        # Greedy samples of one prompt are identical, so every GRPO advantage is 0: a run that trains
+        # nothing (and the generator refuses n > 1 at temperature 0 anyway).
+        if self.temperature == 0 and self.group_size > 1:
+            raise ValueError(f"source.temperature: 0 (greedy) gives source.group_size = {self.group_size} identical "
+                             "completions per prompt, so every advantage is 0; set a temperature > 0 (e.g. 1.0) "
+                             "or source.group_size = 1")
         return self
 
     @model_validator(mode="before")

@@ -45,3 +45,21 @@ def test_every_field_is_documented():
                 walk(sub)
     walk(LearnerConfig)
     walk(PushSourceConfig)
+
+
+@pytest.mark.parametrize("temperature", [float("inf"), float("nan"), -0.5])
+def test_temperature_must_be_finite_and_not_negative(temperature):
+    with pytest.raises(ValueError, match="temperature"):
+        PipelineConfig(temperature=temperature)
+    # through the learner's flags the error names the flag
+    with pytest.raises(SystemExit, match="--source.temperature"):
+        load_config(LearnerConfig, ["--model", "m", "--generators", '["127.0.0.1:1"]',
+                                    "--source.temperature", str(temperature)], environ={})
+
+
+def test_greedy_sampling_needs_a_group_of_one():
+    # 4 greedy samples of a prompt are the same completion: reward - group mean = 0 for each of them
+    with pytest.raises(ValueError, match=r"source\.temperature: 0 .* source\.group_size = 4"):
+        PipelineConfig(temperature=0.0, group_size=4)
+    assert PipelineConfig(temperature=0.0, group_size=1).temperature == 0.0
+    assert PipelineConfig(temperature=0.01, group_size=4).group_size == 4
