@@ -231,6 +231,13 @@ class Generator:
                            "push a new version number")
 
     def _check_new(self, payload: AdapterPayload) -> None:
+        # An empty run_id is proto3's default: a hand push (bench/, an older client) that names no run.
+        # It may serve while no learner run does, but read as "another run" it would replace the
+        # learner's and bar that run's later pushes as those of a replaced run.
+        if not payload.run_id and self.versions.run_id:
+            raise Rejected(f"header.run_id: empty, and this generator serves learner run {self.versions.run_id!r}; "
+                           "an adapter without a run id cannot replace a learner's run: send the run's id "
+                           "(the learner logs it at start)")
         if payload.run_id in self.versions.replaced_runs:
             raise Rejected(f"header.run_id: learner run {payload.run_id!r} was replaced by run "
                            f"{self.versions.replaced_runs[payload.run_id]!r}; its adapters are no longer taken")
