@@ -2,8 +2,10 @@
 
 A target is an address (`host:port`) or a DNS name (`dns:///generator:50051`) that stands for every
 replica behind it (`docker compose --scale`, a Kubernetes headless Service). Names are resolved
-again every `refresh_seconds`, so a generator added mid-run is used without a restart; one that
-fails is benched for a back-off period, then probed with a health check before it gets work again.
+again every `refresh_seconds`, so a generator added mid-run is used without a restart. No replica
+gets work before it has answered a health check SERVING: a new one (resolved while its model is
+still loading) and one that failed are probed first, and one whose probe fails is benched for a
+back-off period before the next probe.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ class Endpoint:
     inflight: int = 0
     failures: int = 0
     policy_version: int = -1   # newest version seen from it (responses, GetInfo); -1 = unknown
+    ready: bool = False        # answered SERVING since it joined or last failed: it may get work
     down_until: float = 0.0
     busy_seconds: float = 0.0
     _busy_since: float | None = field(default=None, repr=False)
@@ -51,7 +54,7 @@ class Endpoint:
 
 
 class GeneratorPool:
-    """Picks the least-loaded healthy generator; benches failing ones; re-resolves names."""
+    """Picks the least-loaded generator that passed a health probe; benches failing ones; re-resolves names."""
 
     def __init__(self, targets: list[str], client: ClientConfig, backoff_seconds: float = 2.0,
                  refresh_seconds: float = 5.0):
@@ -84,21 +87,19 @@ class GeneratorPool:
             if endpoint.inflight == 0:
                 await endpoint.client.close()
             log.info("generator %s left (no longer resolved)", address)
-        metrics.GENERATORS.set(sum(e.up for e in self.endpoints.values()))
+        self._count()
 
     async def acquire(self) -> Endpoint:
-        """The least-loaded generator that is up (probing benched ones whose back-off has passed); waits while none is."""
+        """The least-loaded ready generator (probing new ones, and benched ones whose back-off has passed);
+        waits while none is."""
         while True:
             await self.refresh()
             candidates = sorted(self.endpoints.values(), key=lambda e: (e.inflight, e.failures))
             for endpoint in candidates:
-                if endpoint.up and (endpoint.failures == 0 or await endpoint.client.serving()):
-                    endpoint.failures = 0
+                if endpoint.up and (endpoint.ready or await self._probe(endpoint)):
                     endpoint.begin()
                     self._waiting_logged = False
                     return endpoint
-                if endpoint.up:
-                    endpoint.down_until = time.monotonic() + self.backoff_seconds
             if not self._waiting_logged:
                 log.warning("no generator is reachable (%s); pipeline paused until one answers",
                             ", ".join(self.endpoints) or "no address resolved")
@@ -106,13 +107,28 @@ class GeneratorPool:
             await asyncio.sleep(min(self.backoff_seconds, 1.0))
             await self.refresh(force=True)
 
+    async def _probe(self, endpoint: Endpoint) -> bool:
+        """Health-checks a replica that is not known ready; benches it for the back-off when it is not SERVING."""
+        if await endpoint.client.serving():
+            log.info("generator %s is SERVING: it gets work", endpoint.address)
+            endpoint.ready, endpoint.failures = True, 0
+        else:
+            endpoint.ready = False
+            endpoint.down_until = time.monotonic() + self.backoff_seconds
+        self._count()
+        return endpoint.ready
+
     def release(self, endpoint: Endpoint, failed: bool = False) -> None:
         endpoint.end()
         if failed:
             endpoint.failures += 1
+            endpoint.ready = False   # probed again before it gets more work
             endpoint.down_until = time.monotonic() + self.backoff_seconds
             metrics.GENERATOR_FAILURES.inc()
-            metrics.GENERATORS.set(sum(e.up for e in self.endpoints.values()))
+            self._count()
+
+    def _count(self) -> None:
+        metrics.GENERATORS.set(sum(e.up and e.ready for e in self.endpoints.values()))
 
     def busy_seconds(self) -> float:
         return sum(e.busy_seconds for e in self.endpoints.values())

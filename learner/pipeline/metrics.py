@@ -12,7 +12,7 @@ PROMPTS = Counter(
     ["outcome"])
 GROUPS_READY = Gauge("rlfleet_pipeline_ready_groups", "Scored groups waiting to be batched.")
 INFLIGHT = Gauge("rlfleet_pipeline_inflight_requests", "Generate calls in flight across all generators.")
-GENERATORS = Gauge("rlfleet_pipeline_generators_up", "Generators currently reachable.")
+GENERATORS = Gauge("rlfleet_pipeline_generators_up", "Generators that passed their last health probe and are not benched.")
 GENERATOR_FAILURES = Counter(
     "rlfleet_pipeline_generator_failures_total", "Generate calls that failed or timed out (their prompts were resubmitted).")
 GENERATE_LATENCY = Histogram(
