@@ -101,6 +101,7 @@ class TrainingLoop:
                 await asyncio.to_thread(self.resume)
                 if self.config.generators:
                     self.status.pushes.append(asyncio.ensure_future(self.pusher.push(self.status.adapter)))
+            _trim_metrics(self.run_dir / "metrics.jsonl", self.status.step)
             self.source.set_limits(self.limits())
             await self.source.start()
             self.source.set_policy_version(self.status.policy_version)
@@ -265,6 +266,19 @@ class TrainingLoop:
 def _checkpoint(trainer: Trainer, config: LearnerConfig, state: TrainingState, adapter: AdapterPayload | None):
     return save_checkpoint(Path(config.run_dir), trainer.engine, state, adapter, trainer.shuffle,
                            config.checkpoint.keep_last)
+
+
+def _trim_metrics(path: Path, step: int) -> None:
+    """Drops the records of steps after `step` from metrics.jsonl: a fresh run (step 0) starts an empty file
+    rather than appending to an earlier run's curve, and a resumed run re-does the steps after its checkpoint."""
+    if not path.exists():
+        return
+    lines = path.read_text().splitlines(keepends=True)
+    kept = [line for line in lines if line.strip() and json.loads(line).get("step", 0) <= step]
+    if len(kept) != len(lines):
+        tmp = path.with_suffix(".jsonl.tmp")
+        tmp.write_text("".join(kept))
+        tmp.replace(path)
 
 
 def _resume(trainer: Trainer, config: LearnerConfig, path: str) -> TrainingState:
