@@ -62,7 +62,8 @@ class PushSettings(ConfigModel):
     """How often and how new adapter versions are pushed (to every address of learner.generators)."""
 
     push_every_steps: int = Field(1, ge=1)
-    """Push after every k-th training step (the last step is always pushed)."""
+    """Push after every k-th training step (the last step is always pushed). The pipeline counts
+    source.max_staleness in pushed versions, so rollouts lag by up to max_staleness + k - 1 steps."""
     timeout_seconds: float = Field(60.0, gt=0)
     """Deadline of one LoadAdapter call; a late generator catches up later or through GetPolicy."""
     chunk_bytes: int = Field(2 * 1024 * 1024, ge=1024, le=64 * 1024 * 1024)

@@ -15,7 +15,8 @@ def make_pipeline_source(config: LearnerConfig, trainer=None) -> PipelineSource:
 
     source = PipelineSource(config.source, config.generators, config.client, config.run_dir,
                             needs_reference=config.needs_reference_service,
-                            dynamic_sampling=config.algo.dapo.dynamic_sampling, max_steps=config.max_steps)
+                            dynamic_sampling=config.algo.dapo.dynamic_sampling, max_steps=config.max_steps,
+                            push_every_steps=config.push.push_every_steps)
     if config.source.environment is not None:
         from learner.pipeline.multiturn import MultiTurnRollout
         from learner.pipeline.turns import TurnRenderer

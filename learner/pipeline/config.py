@@ -101,7 +101,8 @@ class PipelineConfig(ConfigModel):
     stop: list[str] = []
     """Stop strings."""
     max_staleness: int = Field(1, ge=0)
-    """How many policy versions a rollout may lag the learner (0 = strictly on-policy)."""
+    """How many pushed policy versions a rollout may lag the learner (0 = the newest pushed one: strictly
+    on-policy when every step is pushed); with learner.push.push_every_steps N, at most max_staleness + N - 1 steps."""
     prompts_per_request: int | None = Field(None, ge=1)
     """Prompts sent in one Generate call; unset: a whole batch per call, split evenly over the generators that
     are up (few, large calls let vLLM batch every sequence at once)."""

@@ -1,18 +1,22 @@
 """The in-learner rollout pipeline: admits batches by the staleness bound, rolls them out, scores them in bulk, emits them.
 
 Flow of one training batch k: admitted -> its prompts issued together, with the policy version they
-must be generated at (or after) fixed at issue: the learner's version then -> the rollout driver
+must be generated at (or after) fixed at issue: the newest pushed then -> the rollout driver
 (learner/pipeline/rollout.py, the seam a multi-turn driver plugs into) turns them into groups ->
 scored in bulk (every group finished since the last Score call goes into the next one) ->
 reference log-probs in bulk (when the KL needs them) -> batch k's slot -> `next_batch`, in order.
 
 Admission, not regeneration: batch k is issued once the learner is done with batch
-k - max_staleness - 1. Its groups are generated at a version v >= the learner's version then, and
-trained at a version at most `max_staleness` updates later, so no rollout is generated only to be
-thrown away as stale. Nothing past `max_steps` is issued unless the learner asks for it (a step
-that made no update), so a run ends with no work in flight. A group that is dropped (reward error,
-uniform rewards under dynamic sampling, a lag past the bound from a generator that went back to an
-older version) is replaced in its batch by a new prompt.
+k - max_staleness - 1. Its groups are generated at a version v >= the newest version pushed then,
+and trained at most `max_staleness` pushes later, so no rollout is generated only to be thrown
+away as stale. The learner pushes every `push_every_steps` (N) steps, so the newest pushed version
+is at least its own version less N - 1, and a rollout lags it by at most max_staleness + N - 1
+steps (N = 1: max_staleness). Asking for the learner's own version, unpushed, waited for a push
+that came only after that very batch was trained: with N > max_staleness + 1 the run hung.
+Nothing past `max_steps` is issued unless the learner asks for it (a step that made no update),
+so a run ends with no work in flight. A group that is dropped (reward error, uniform rewards
+under dynamic sampling, a lag past the bound from a generator that went back to an older
+version) is replaced in its batch by a new prompt.
 
 Every prompt taken from the dataset ends as `trained` or as dropped with a reason, counted in
 `rlfleet_pipeline_prompts_total` and listed in RUN_DIR/dropped.jsonl.
@@ -74,8 +78,12 @@ class PipelineSource(RolloutSource):
 
     def __init__(self, config: PipelineConfig, generators: list[str], client: ClientConfig, run_dir: Path,
                  needs_reference: bool = False, dynamic_sampling: bool = False, max_steps: int | None = None,
-                 driver: RolloutDriver | None = None):
+                 driver: RolloutDriver | None = None, push_every_steps: int = 1):
+        if push_every_steps < 1:
+            raise ValueError(f"push.push_every_steps: must be >= 1, got {push_every_steps}")
         self.config = config
+        self.push_every_steps = push_every_steps
+        self.max_lag = config.max_staleness + push_every_steps - 1   # steps a rollout may lag the learner
         train_rows, self.eval_rows = load_rows(config.dataset, config.prompt_column, config.answer_column,
                                                config.eval_split_fraction, config.seed)
         self.rows_by_id = {row.prompt_id: row for row in train_rows}
@@ -193,12 +201,17 @@ class PipelineSource(RolloutSource):
         while True:
             self._wake["produce"].clear()
             while self._admitted():
-                slot = Slot(self._issued, self._version)
+                slot = Slot(self._issued, self._pushed_version())
                 self._slots[slot.index] = slot
                 self._issued += 1
                 self.stats.batches_issued += 1
                 self._issue(slot, self.config.prompts_per_batch)
             await self._wake["produce"].wait()
+
+    def _pushed_version(self) -> int:
+        """A version the generators have been sent (or are being sent) by now: the learner pushes at least
+        every `push_every_steps` steps, so one at most that many less one behind its own."""
+        return max(0, self._version - (self.push_every_steps - 1))
 
     def _issue(self, slot: Slot, count: int) -> None:
         """Starts `count` new prompts for `slot` (a new batch, or replacements of dropped groups)."""
@@ -207,7 +220,7 @@ class PipelineSource(RolloutSource):
             self._outstanding[row.prompt_id] += 1
             self.stats.issued += 1
         # A replacement must not come back stale itself: it needs a version within the bound of now.
-        min_version = max(slot.min_version, self._version - self.config.max_staleness)
+        min_version = max(slot.min_version, self._version - self.max_lag)
         self._spawn(self._roll_out(slot, rows, min_version), f"pipeline-rollout-{slot.index}")
 
     async def _roll_out(self, slot: Slot, rows: list[PromptRow], min_version: int) -> None:
@@ -302,7 +315,7 @@ class PipelineSource(RolloutSource):
     def _drop_stale(self, slot: Slot) -> None:
         """Groups of `slot` lagging the learner past the bound (a generator went back to an older
         version) are dropped and replaced; admission makes this rare."""
-        stale = [g for g in slot.groups if self._version - g.policy_version > self.config.max_staleness]
+        stale = [g for g in slot.groups if self._version - g.policy_version > self.max_lag]
         for group in stale:
             slot.groups.remove(group)
             self._finish(group.prompt_id, "stale_requeued")

@@ -117,8 +117,10 @@ def test_generator_death_resubmits_and_every_prompt_is_accounted(tmp_path):
     assert accounting["trained"] == 12 and set(accounting["dropped"]) <= {"run_ended"}
 
 
-async def _train(source: PipelineSource, generator: ScriptedGenerator, steps: int, push_seconds: float = 0.1):
-    """Stands in for the learner's loop: take a batch, "train" 0.2 s, publish the version, push it (lands later)."""
+async def _train(source: PipelineSource, generator: ScriptedGenerator, steps: int, push_seconds: float = 0.1,
+                 push_every: int = 1, batch_seconds: float = 30):
+    """Stands in for the learner's loop: take a batch, "train" 0.2 s, publish the version, push it (lands
+    later) if the step is a multiple of `push_every` (learner.push.push_every_steps)."""
 
     async def push(version: int) -> None:
         await asyncio.sleep(push_seconds)
@@ -127,10 +129,11 @@ async def _train(source: PipelineSource, generator: ScriptedGenerator, steps: in
     batches, pushes = [], []
     source.set_policy_version(0)
     for step in range(steps):
-        batches.append(await asyncio.wait_for(source.next_batch(), 30))
+        batches.append(await asyncio.wait_for(source.next_batch(), batch_seconds))
         await asyncio.sleep(0.2)
         source.set_policy_version(step + 1)
-        pushes.append(asyncio.ensure_future(push(step + 1)))
+        if (step + 1) % push_every == 0:
+            pushes.append(asyncio.ensure_future(push(step + 1)))
     await asyncio.gather(*pushes)
     return batches
 
@@ -170,6 +173,58 @@ def test_admission_generates_each_batch_once_within_the_bound(tmp_path, max_stal
     # one Generate call per batch with all its prompts; Score calls take every group finished together
     assert stats.generate_calls == generator.calls == steps and len(generator.prompts) == 20
     assert stats.batches_issued == steps and stats.score_calls < 20
+
+
+@pytest.mark.parametrize(("max_staleness", "push_every"), [(0, 2), (1, 2), (1, 3)])
+def test_admission_with_a_push_every_few_steps(tmp_path, max_staleness, push_every):
+    # The learner publishes a version every step but pushes only every `push_every`-th: a batch issued
+    # at an unpushed version used to wait for it, so with push_every > max_staleness + 1 the run hung.
+    core = _reward_core()
+    steps = 6
+
+    async def run():
+        reward = await start_server(ServerConfig(host="127.0.0.1", port=0), core)
+        generator = ScriptedGenerator()
+        server = await _generator(generator)
+        config = PipelineConfig(dataset="builtin:reverse", group_size=4, prompts_per_batch=4,
+                                max_staleness=max_staleness, retry_backoff_seconds=0.2, version_wait_seconds=2,
+                                rewards=[RewardServiceConfig(address=f"127.0.0.1:{reward.port}", name="task")])
+        source = PipelineSource(config, [f"127.0.0.1:{server.port}"], ClientConfig(timeout_seconds=10), tmp_path,
+                                max_steps=steps, push_every_steps=push_every)
+        await source.start()
+        try:
+            return await _train(source, generator, steps, push_every=push_every, batch_seconds=10), source.stats
+        finally:
+            await source.close()
+            await server.stop(0)
+            await reward.stop(0)
+
+    try:
+        batches, stats = asyncio.run(run())
+    finally:
+        core.close()
+    # batch k is issued at learner version max(k - s, 0), when the newest pushed version is that
+    # rounded down to a multiple of N = push_every; e.g. s 0, N 2: lags 0 1 0 1 0 1. At most s + N - 1
+    # steps, i.e. at most s pushes behind.
+    pushed = [push_every * (max(k - max_staleness, 0) // push_every) for k in range(steps)]
+    assert [{g.policy_version for g in b.groups} for b in batches] == [{v} for v in pushed]
+    assert max(k - v for k, v in enumerate(pushed)) == max_staleness + push_every - 1
+    assert (stats.issued, stats.trained, sum(stats.dropped.values())) == (4 * steps, 4 * steps, 0)
+
+
+def test_the_learner_gives_the_pipeline_its_push_interval(tmp_path):
+    from learner.pipeline import make_pipeline_source
+
+    config = LearnerConfig.model_validate(dict(
+        model="m", run_dir=tmp_path, generators=["127.0.0.1:1"], push={"push_every_steps": 3},
+        source={"type": "pipeline", "max_staleness": 1}))
+
+    async def run():
+        source = make_pipeline_source(config)
+        await source.close()
+        return source.push_every_steps, source.max_lag
+
+    assert asyncio.run(run()) == (3, 1 + 3 - 1)
 
 
 def test_on_policy_waits_for_the_generator_to_serve_the_update(tmp_path):
