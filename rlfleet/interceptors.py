@@ -16,7 +16,7 @@ import grpc
 from grpc import aio
 
 from rlfleet import cpu, errors
-from rlfleet.metrics import AUTH_FAILURES, RPC_IN_FLIGHT, RPC_LATENCY, RPC_REQUESTS
+from rlfleet.metrics import AUTH_FAILURES, RPC_IN_FLIGHT, RPC_LATENCY, RPC_REQUESTS, child
 
 log = logging.getLogger(__name__)
 
@@ -185,15 +185,15 @@ class ErrorAndMetricsInterceptor(aio.ServerInterceptor):
             limit.release()
         code = context.code() if hasattr(context, "code") else None
         name = code.name if isinstance(code, grpc.StatusCode) else "OK" if code in (None, 0) else str(code)
-        RPC_REQUESTS.labels(self.service, method, name).inc()
-        RPC_LATENCY.labels(self.service, method).observe(time.perf_counter() - start)
-        RPC_IN_FLIGHT.labels(self.service).dec()
+        child(RPC_REQUESTS, self.service, method, name).inc()
+        child(RPC_LATENCY, self.service, method).observe(time.perf_counter() - start)
+        child(RPC_IN_FLIGHT, self.service).dec()
         cpu.rpc_ended(method)
 
     def _unary(self, fn: Callable[..., Awaitable], method: str, limit: CallLimit | None, streaming: bool):
         async def wrapped(request, context):
             start = time.perf_counter()
-            RPC_IN_FLIGHT.labels(self.service).inc()
+            child(RPC_IN_FLIGHT, self.service).inc()
             cpu.rpc_started(method)
             admitted = limit is None or limit.acquire()
             try:
@@ -216,7 +216,7 @@ class ErrorAndMetricsInterceptor(aio.ServerInterceptor):
 
         async def wrapped(request, context):
             start = time.perf_counter()
-            RPC_IN_FLIGHT.labels(self.service).inc()
+            child(RPC_IN_FLIGHT, self.service).inc()
             cpu.rpc_started(method)
             admitted = limit is None or limit.acquire()
             try:
