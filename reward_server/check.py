@@ -8,7 +8,7 @@ import sys
 
 from reward_server.config import RewardConfig
 from reward_server.core import RewardCore
-from rlfleet.outcomes import RewardItem, RewardStatus
+from rlfleet.outcomes import RewardBatch, RewardItem, RewardStatus
 from rlfleet.workers.scripts import ScriptError
 
 ITEM_KEYS = {"prompt", "completion", "reference", "completion_tokens", "finish_reason"}
@@ -46,7 +46,7 @@ def run_check(config: RewardConfig) -> int:
         return 2
     try:
         core.load_model()
-        scores = asyncio.run(core.score("", items))
+        scores = asyncio.run(core.score("", RewardBatch.from_items(items))).items()
     finally:
         core.close()
     print(f"script_version {core.version}; rewards " + ", ".join(f"{s.name}:{s.weight:g}" for s in core.specs))

@@ -42,8 +42,9 @@ class RewardConfig(ServiceConfig):
     """Worker processes running reward code."""
     item_timeout_seconds: float = Field(10.0, gt=0)
     """Deadline of one item (and of one whole batch-form call); past it the worker is killed and replaced."""
-    max_batch_items: int = Field(64, ge=1)
-    """Most items sent to one worker in one call."""
+    max_batch_items: int = Field(1024, ge=1)
+    """Most items sent to one worker in one call. A request is split evenly over the workers up to this size:
+    each call costs a pipe round trip and two thread hand-offs (~0.3 ms of server CPU) whatever its size."""
     max_queued_items: int = Field(4096, ge=1)
     """Items accepted and not yet scored; past it Score answers RESOURCE_EXHAUSTED at once."""
     dedupe_cache_size: int = Field(1024, ge=0)

@@ -3,7 +3,7 @@
     core = RewardCore(config)
     core.start_workers()          # before any gRPC server exists (forking next to gRPC threads is unsafe)
     core.load_model()             # may take a while; health stays NOT_SERVING meanwhile
-    scores = await core.score("req-1", [RewardItem(prompt, completion, {"answer": "4"})])
+    scores = await core.score("req-1", RewardBatch([prompt], [completion], {"answer": ["4"]}))
 """
 
 from __future__ import annotations
@@ -21,33 +21,60 @@ import xxhash
 
 from reward_server import metrics
 from reward_server.config import RewardConfig
-from reward_server.items import Outcome, RewardSpec
-from reward_server.scripts import check_value
+from reward_server.items import Outcome, Outcomes, RewardSpec
+from reward_server.scripts import checked
 from reward_server.workers import WorkerPool
 from rlfleet.errors import InvalidRequest, Overloaded
-from rlfleet.outcomes import ItemScore, RewardItem, RewardStatus, combine
+from rlfleet.metrics import child
+from rlfleet.outcomes import BatchScores, RewardBatch, RewardStatus, worst
 from rlfleet.workers.scripts import ScriptError, ScriptSource, script_version
 from rlfleet.workers.worker_main import WorkerLimits
 
 log = logging.getLogger(__name__)
+NAN = math.nan
+OK, INVALID_OUTPUT = RewardStatus.OK, RewardStatus.INVALID_OUTPUT
 
 
-def score_items(specs: Sequence[RewardSpec], outcomes: dict[str, list[Outcome]], n: int) -> list[ItemScore]:
-    """Per item, `rlfleet.outcomes.combine` over the functions: weighted sum, worst status, every error named.
+def score_columns(specs: Sequence[RewardSpec], outcomes: Sequence[Outcomes], n: int) -> BatchScores:
+    """Per item, what `rlfleet.outcomes.combine` gives over the functions (weighted sum, worst status, every
+    failed function named), computed on columns: items that are all OK cost no Python object.
 
     A component that returned None is left out of the sum (not counted as 0); an item whose every
     component is None gets reward 0.0 with status OK and no components (TRL's nansum does the same).
     """
-    columns = [(spec.name, spec.weight, outcomes[spec.name]) for spec in specs]
-    return [combine([(name, weight, out[i].score(name)) for name, weight, out in columns]) for i in range(n)]
+    rewards = [0.0] * n
+    components: dict[str, list[float]] = {}
+    failed: dict[int, list[tuple[str, Outcome]]] = {}
+    for spec, out in zip(specs, outcomes, strict=True):
+        weight = spec.weight
+        rewards = [total + weight * value for total, value in zip(rewards, out.values, strict=True)]
+        column = out.values
+        if out.absent or out.failures:
+            column = list(column)
+            for i in out.absent:
+                column[i] = NAN
+            for i, failure in out.failures.items():
+                column[i] = NAN
+                failed.setdefault(i, []).append((spec.name, failure))
+        components[spec.name] = column
+    statuses = [OK] * n
+    errors: dict[int, str] = {}
+    for i in sorted(failed):  # a made-up reward is never trained on: 0.0, and every cause named
+        parts = failed[i]
+        statuses[i] = worst(failure.status for _, failure in parts)
+        errors[i] = "; ".join(f"{name}: {failure.status.name}: {failure.error}" for name, failure in parts)
+        rewards[i] = 0.0
+    if not math.isfinite(sum(rewards)):  # one pass in C; a sum of finite totals may overflow, so look at each
+        for i, total in enumerate(rewards):
+            if not math.isfinite(total):
+                statuses[i], errors[i], rewards[i] = INVALID_OUTPUT, f"weighted total {total} is not finite", 0.0
+    return BatchScores(rewards, statuses, components, errors)
 
 
-def content_key(request_id: str, items: list[RewardItem]) -> tuple[str, bytes]:
-    """The dedupe key of a request: its id and a digest of its items, so that an id reused for other
-    items is scored afresh rather than answered with the old result."""
-    # pickle carries every field (columns in order) and is the fastest full serialisation here:
-    # ~100 us for 64 items of 2 KB, XXH3-128 on top ~2 us.
-    return request_id, xxhash.xxh3_128_digest(pickle.dumps(items, protocol=pickle.HIGHEST_PROTOCOL))
+def batch_digest(batch: RewardBatch) -> bytes:
+    """A digest of every column (in order): with the request_id, the dedupe key of a request, so that an id
+    reused for other items is scored afresh rather than answered with the old result."""
+    return xxhash.xxh3_128_digest(pickle.dumps(batch, protocol=pickle.HIGHEST_PROTOCOL))
 
 
 @dataclass
@@ -69,7 +96,7 @@ class RewardCore:
         self.model = None
         self.specs: list[RewardSpec] = []
         self.version = ""
-        self._done: collections.OrderedDict[tuple[str, bytes], list[ItemScore]] = collections.OrderedDict()
+        self._done: collections.OrderedDict[tuple[str, bytes], BatchScores] = collections.OrderedDict()
         self._running: dict[tuple[str, bytes], _Shared] = {}
         self._window = metrics.WindowMean(config.metrics_window)
 
@@ -104,17 +131,20 @@ class RewardCore:
         weights = [(s.name, s.weight) for s in self.specs]
         self.version = script_version(self.script, weights, self.model.model_id)
 
-    async def score(self, request_id: str, items: list[RewardItem]) -> list[ItemScore]:
-        """Scores of `items` in order; the first answer for a request_id and the same items is reused by its retries.
+    async def score(self, request_id: str, batch: RewardBatch, digest: bytes | None = None) -> BatchScores:
+        """Scores of the batch's items in order; the first answer for a request_id and the same items is reused by
+        its retries. `digest` identifies the items (the servicer hashes the request's bytes); None: a digest of
+        the batch itself.
 
         A retry that arrives while the first call still runs waits for the same work. The work is
         abandoned (queued chunks dropped, busy workers killed) once every caller waiting on it gave up.
         A request that could never fit the queue is InvalidRequest, not Overloaded (which callers retry).
         """
-        if len(items) > self.config.max_queued_items:
-            raise InvalidRequest("items", f"{len(items)} items in one request, more than the whole queue holds "
+        n = len(batch)
+        if n > self.config.max_queued_items:
+            raise InvalidRequest("items", f"{n} items in one request, more than the whole queue holds "
                                           f"(max_queued_items = {self.config.max_queued_items}); split the request")
-        key = content_key(request_id, items) if request_id else None
+        key = (request_id, digest if digest is not None else batch_digest(batch)) if request_id else None
         if key in self._done:
             metrics.DUPLICATE_REQUESTS.inc()
             return self._done[key]
@@ -122,11 +152,11 @@ class RewardCore:
         if shared is not None:
             metrics.DUPLICATE_REQUESTS.inc()
         else:
-            if self.pool.pending_items + len(items) > self.config.max_queued_items:
-                metrics.REJECTED_ITEMS.inc(len(items))
+            if self.pool.pending_items + n > self.config.max_queued_items:
+                metrics.REJECTED_ITEMS.inc(n)
                 raise Overloaded(f"{self.pool.pending_items} items queued; at most {self.config.max_queued_items} "
                                  f"(max_queued_items) may wait; retry later")
-            shared = _Shared(asyncio.ensure_future(self._score(items)))
+            shared = _Shared(asyncio.ensure_future(self._score(batch)))
             if key:
                 self._running[key] = shared
         shared.waiters += 1
@@ -144,51 +174,64 @@ class RewardCore:
                 self._done.popitem(last=False)
         return scores
 
-    def _chunks(self, items: list[RewardItem]) -> list[list[RewardItem]]:
-        # Spread one request over the workers, but keep chunks big enough to amortise a pipe round trip.
-        size = min(self.config.max_batch_items, max(8, math.ceil(len(items) / self.config.workers)))
-        return [items[i:i + size] for i in range(0, len(items), size)]
+    def _chunks(self, batch: RewardBatch) -> list[RewardBatch]:
+        # One chunk per worker, as large as max_batch_items allows: every chunk costs a pipe round trip and
+        # two thread hand-offs in the server, whatever its size.
+        n = len(batch)
+        size = min(self.config.max_batch_items, max(8, math.ceil(n / self.config.workers)))
+        return [batch] if size >= n else [batch.slice(i, i + size) for i in range(0, n, size)]
 
-    async def _score(self, items: list[RewardItem]) -> list[ItemScore]:
-        chunks = self._chunks(items)
-        submitted, waits = [], []
+    async def _score(self, batch: RewardBatch) -> BatchScores:
+        # The pool's feeder threads and the model's thread run concurrently once started; awaiting each
+        # in turn adds no wait, and spares the event loop a task per function (asyncio.gather).
+        chunks = self._chunks(batch)
+        submitted, pending = [], []
         for spec in self.specs:
             if spec.kind == "model":
-                waits.append(self._score_model(spec, items))
-                continue
-            futures = [self.pool.submit(spec.name, chunk) for chunk in chunks]
-            submitted += futures
-            waits.append(self._gather(spec, futures))
+                pending.append(asyncio.ensure_future(self._score_model(spec, batch)))
+            else:
+                futures = [self.pool.submit(spec.name, chunk) for chunk in chunks]
+                submitted += futures
+                pending.append(futures)
         try:
-            per_spec = await asyncio.gather(*waits)
+            per_spec = [await self._gather(spec, work) if isinstance(work, list) else await work
+                        for spec, work in zip(self.specs, pending, strict=True)]
         except asyncio.CancelledError:
+            for work in pending:
+                if not isinstance(work, list):
+                    work.cancel()
             for future in submitted:  # the feeders skip these, or kill the worker running one
                 future.cancel()
             raise
-        outcomes = {spec.name: out for spec, out in zip(self.specs, per_spec, strict=True)}
-        self._record(outcomes)
-        return score_items(self.specs, outcomes, len(items))
+        self._record(per_spec)
+        return score_columns(self.specs, per_spec, len(batch))
 
-    async def _gather(self, spec: RewardSpec, futures) -> list[Outcome]:
+    async def _gather(self, spec: RewardSpec, futures) -> Outcomes:
         start = time.perf_counter()
-        out: list[Outcome] = []
+        parts: list[Outcomes] = []
         for future in futures:
-            out += await asyncio.wrap_future(future)
-            metrics.SCORE_LATENCY.labels(spec.name).observe(time.perf_counter() - start)
-        return out
+            parts.append(await asyncio.wrap_future(future))
+            child(metrics.SCORE_LATENCY, spec.name).observe(time.perf_counter() - start)
+        return Outcomes.concat(parts)
 
-    async def _score_model(self, spec: RewardSpec, items: list[RewardItem]) -> list[Outcome]:
+    async def _score_model(self, spec: RewardSpec, batch: RewardBatch) -> Outcomes:
         start = time.perf_counter()
-        values = await asyncio.to_thread(self.model.score_items, [i.prompt for i in items], [i.completion for i in items])
-        metrics.SCORE_LATENCY.labels(spec.name).observe(time.perf_counter() - start)
-        return [check_value(v) for v in values]
+        values = await asyncio.to_thread(self.model.score_items, batch.prompts, batch.completions)
+        child(metrics.SCORE_LATENCY, spec.name).observe(time.perf_counter() - start)
+        return checked(values)
 
-    def _record(self, outcomes: dict[str, list[Outcome]]) -> None:
-        for name, out in outcomes.items():
-            counts = collections.Counter(o.status.name for o in out)
+    def _record(self, per_spec: list[Outcomes]) -> None:
+        for spec, out in zip(self.specs, per_spec, strict=True):
+            counts = collections.Counter(failure.status.name for failure in out.failures.values())
+            counts["OK"] = len(out) - len(out.failures)
             for status, count in counts.items():
-                metrics.ITEMS_SCORED.labels(name, status).inc(count)
-            self._window.add(name, [o.value for o in out if o.status is RewardStatus.OK and o.value is not None])
+                if count:
+                    child(metrics.ITEMS_SCORED, spec.name, status).inc(count)
+            values = out.values
+            if out.absent or out.failures:
+                skip = set(out.absent) | out.failures.keys()
+                values = [v for i, v in enumerate(values) if i not in skip]
+            self._window.add(spec.name, values)
 
     def close(self) -> None:
         self.pool.close()

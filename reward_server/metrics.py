@@ -7,7 +7,7 @@ from collections import deque
 
 from prometheus_client import Counter, Gauge, Histogram
 
-from rlfleet.metrics import LATENCY_BUCKETS
+from rlfleet.metrics import LATENCY_BUCKETS, child
 
 ITEMS_SCORED = Counter(
     "rlfleet_reward_items_scored_total", "Items scored, by reward component and status.", ["reward", "status"])
@@ -41,4 +41,4 @@ class WindowMean:
         with self._lock:
             window = self._values.setdefault(component, deque(maxlen=self.size))
             window.extend(values)
-            MEAN_REWARD.labels(component).set(sum(window) / len(window))
+            child(MEAN_REWARD, component).set(sum(window) / len(window))

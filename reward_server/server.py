@@ -19,7 +19,8 @@ SERVICE = "rlfleet.v1.RewardService"
 async def start_server(config: ServerConfig, core: RewardCore) -> GrpcServer:
     """Serves `core` (whose workers must already run) and returns once health says SERVING."""
     server = GrpcServer(config, name="reward")
-    server.add_servicer(reward_pb2_grpc.add_RewardServiceServicer_to_server, RewardServicer(core))
+    server.add_servicer(reward_pb2_grpc.add_RewardServiceServicer_to_server, RewardServicer(core),
+                        raw_requests=RewardServicer.RAW_REQUESTS)
     await server.start([SERVICE])
     await asyncio.to_thread(core.load_model)
     log.info("rewards %s (script_version %s); code sandbox: %s",

@@ -1,18 +1,20 @@
 """The reward loop of a worker process: rlfleet.workers.worker_main hands over to serve() once the worker is fenced.
 
-Requests are pickled `(function name, items)` chunks from the server (reward_server.workers); each
-reply is one JSON frame (rlfleet.workers.frames.send) of outcomes, which the server checks field by
-field (reward_server.replies). The first reply is the catalog of functions, or the script's import error.
+Requests are `(function name, RewardBatch)` chunks from the server (reward_server.workers), marshalled
+as a few lists (reward_server.chunks), not an object per item. Each reply is one frame of the chunk's
+outcomes as columns (reward_server.replies: raw doubles, then JSON), which the server checks field by
+field. The first reply is the catalog of functions, or the script's import error.
 """
 
 from __future__ import annotations
 
-import pickle
+import json
 
-from reward_server.items import RewardItem
+from reward_server.chunks import decode_chunk
+from reward_server.items import RewardBatch
 from reward_server.replies import encode_outcomes
-from reward_server.scripts import RewardFunction, call_batched, call_one, calling_form, script_functions
-from rlfleet.workers.frames import read_frame, send
+from reward_server.scripts import RewardFunction, call_batched, call_each, calling_form, script_functions
+from rlfleet.workers.frames import read_frame, send, send_frame
 from rlfleet.workers.scripts import ScriptError, ScriptSource, describe, load_script
 
 
@@ -27,17 +29,14 @@ def available_functions(script: ScriptSource | None) -> dict[str, RewardFunction
     return functions
 
 
-def run_chunk(function: RewardFunction, items: list[RewardItem], progress) -> list:
-    """["ok", outcomes] or ["raised", message] for a batch function that raised."""
+def run_chunk(function: RewardFunction, batch: RewardBatch, progress) -> bytes:
+    """The reply frame to one chunk: its outcomes (replies.encode_outcomes), or ["raised", message] for a batch
+    function that raised."""
     if function.batched:
         progress.value = 1
-        result = call_batched(function, items)
-        return ["raised", result] if isinstance(result, str) else ["ok", encode_outcomes(result)]
-    outcomes = []
-    for i, item in enumerate(items):
-        progress.value = i + 1  # the server reads this to know which item hung or crashed
-        outcomes.append(call_one(function, item))
-    return ["ok", encode_outcomes(outcomes)]
+        result = call_batched(function, batch)
+        return json.dumps(["raised", result]).encode() if isinstance(result, str) else encode_outcomes(result)
+    return encode_outcomes(call_each(function, batch, progress))
 
 
 def serve(job, requests: int, replies: int, progress) -> None:
@@ -51,7 +50,7 @@ def serve(job, requests: int, replies: int, progress) -> None:
     send(replies, ["ready", catalog])
     while True:
         try:
-            name, items = pickle.loads(read_frame(requests))
+            name, batch = decode_chunk(read_frame(requests))
         except EOFError:
             return
-        send(replies, run_chunk(functions[name], items, progress))
+        send_frame(replies, run_chunk(functions[name], batch, progress))

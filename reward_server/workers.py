@@ -24,7 +24,8 @@ import time
 from dataclasses import dataclass
 
 from reward_server import metrics
-from reward_server.items import Outcome, RewardItem
+from reward_server.chunks import encode_chunk
+from reward_server.items import Outcome, Outcomes, RewardBatch
 from reward_server.replies import decode_catalog, decode_reply
 from rlfleet.outcomes import RewardStatus
 from rlfleet.workers import isolation
@@ -55,7 +56,7 @@ class FunctionInfo:
 class _Task:
     function: str
     batched: bool
-    items: list[RewardItem]
+    batch: RewardBatch
     future: concurrent.futures.Future
 
 
@@ -63,11 +64,20 @@ class _Task:
 class _Call:
     """How one round trip to a worker ended."""
 
-    outcomes: list[Outcome] | None = None
+    outcomes: Outcomes | None = None
     raised: str | None = None
     failure: Outcome | None = None
     at: int = 0
     abandoned: bool = False
+
+
+def _without(batch: RewardBatch, k: int) -> RewardBatch:
+    """`batch` without its item k (the one that hung or crashed a per-item function)."""
+    def cut(values):
+        return None if values is None else values[:k] + values[k + 1:]
+
+    return RewardBatch(cut(batch.prompts), cut(batch.completions), {n: cut(v) for n, v in batch.columns.items()},
+                       cut(batch.completion_tokens), cut(batch.finish_reasons))
 
 
 def handshake(worker: Worker, timeout: float) -> list[FunctionInfo]:
@@ -143,13 +153,13 @@ class WorkerPool:
         """Items submitted and not finished yet (queued or running)."""
         return self._pending
 
-    def submit(self, function: str, items: list[RewardItem]) -> concurrent.futures.Future:
-        """Queues one chunk; the future gets one Outcome per item. Cancel the future to abandon it."""
+    def submit(self, function: str, batch: RewardBatch) -> concurrent.futures.Future:
+        """Queues one chunk; the future gets its Outcomes. Cancel the future to abandon it."""
         future: concurrent.futures.Future = concurrent.futures.Future()
         with self._lock:
-            self._pending += len(items)
+            self._pending += len(batch)
             metrics.QUEUE_ITEMS.set(self._pending)
-        self._tasks.put(_Task(function, self.functions[function].batched, items, future))
+        self._tasks.put(_Task(function, self.functions[function].batched, batch, future))
         return future
 
     def close(self) -> None:
@@ -164,7 +174,7 @@ class WorkerPool:
         while (task := self._tasks.get()) is not None:
             try:
                 if not task.future.cancelled():
-                    outcomes = self._execute(holder, task, task.items)
+                    outcomes = self._execute(holder, task, task.batch)
                     if outcomes is not None and not task.future.cancelled():
                         task.future.set_result(outcomes)
             except concurrent.futures.InvalidStateError:
@@ -175,7 +185,7 @@ class WorkerPool:
                     task.future.set_exception(err)
             finally:
                 with self._lock:
-                    self._pending -= len(task.items)
+                    self._pending -= len(task.batch)
                     metrics.QUEUE_ITEMS.set(self._pending)
         holder[0].kill()
 
@@ -185,27 +195,28 @@ class WorkerPool:
         holder[0] = Worker(self._launch)
         handshake(holder[0], self.start_timeout)
 
-    def _execute(self, holder: list[Worker], task: _Task, items: list[RewardItem]) -> list[Outcome] | None:
-        """Outcomes for `items` (None if abandoned), retrying around failures as the module docstring says."""
-        call = self._call(holder, task, items)
+    def _execute(self, holder: list[Worker], task: _Task, batch: RewardBatch) -> Outcomes | None:
+        """Outcomes for `batch` (None if abandoned), retrying around failures as the module docstring says."""
+        call = self._call(holder, task, batch)
         if call.abandoned:
             return None
         if call.outcomes is not None:
             return call.outcomes
         failure = call.failure or Outcome(RewardStatus.ERROR, error=call.raised or "")
-        if len(items) == 1:
-            return [failure]
+        n = len(batch)
+        if n == 1:
+            return Outcomes.failed(1, failure)
         if task.batched:
-            out: list[Outcome] = []
-            for item in items:
-                one = self._execute(holder, task, [item])
+            parts: list[Outcomes] = []
+            for i in range(n):
+                one = self._execute(holder, task, batch.slice(i, i + 1))
                 if one is None:
                     return None
-                out += one
-            return out
-        k = min(call.at, len(items) - 1)
-        rest = self._execute(holder, task, items[:k] + items[k + 1:])
-        return None if rest is None else rest[:k] + [failure] + rest[k:]
+                parts.append(one)
+            return Outcomes.concat(parts)
+        k = min(call.at, n - 1)
+        rest = self._execute(holder, task, _without(batch, k))
+        return None if rest is None else rest.inserted(k, failure)
 
     def _budget(self, items: int) -> float | None:
         per_item = self.limits.cpu_seconds_per_item
@@ -221,13 +232,14 @@ class WorkerPool:
             self._replace(holder, "recycled")
         return holder[0]
 
-    def _call(self, holder: list[Worker], task: _Task, items: list[RewardItem]) -> _Call:
+    def _call(self, holder: list[Worker], task: _Task, batch: RewardBatch) -> _Call:
         """One round trip: send the items, wait for the answer, a death, a stall or the caller's cancel."""
         worker = self._ready_worker(holder)
         worker.progress.value = 0
-        start, budget = time.monotonic(), self._budget(len(items))
+        items = len(batch)
+        start, budget = time.monotonic(), self._budget(items)
         try:
-            worker.send((task.function, items), start + self.item_timeout)
+            worker.send(encode_chunk(task.function, batch), start + self.item_timeout)
             event = worker.next_event(TICK_SECONDS)
         except (OSError, TimeoutError):
             event = True
@@ -235,10 +247,10 @@ class WorkerPool:
             event = err
         seen, since, ticks, cpu_start = 0, start, 0, None
         while True:
-            done = max(min(worker.progress.value, len(items)) - 1, 0)
+            done = max(min(worker.progress.value, items) - 1, 0)
             if isinstance(event, bytes):
                 try:
-                    result = decode_reply(event, len(items))
+                    result = decode_reply(event, items)
                     return _Call(raised=result) if isinstance(result, str) else _Call(outcomes=result)
                 except MalformedReply as err:
                     event = err
@@ -256,7 +268,7 @@ class WorkerPool:
             now, ticks = time.monotonic(), ticks + 1
             if worker.progress.value != seen:
                 seen, since = worker.progress.value, now
-            if now - since > self.item_timeout or now - start > self.item_timeout * len(items):
+            if now - since > self.item_timeout or now - start > self.item_timeout * items:
                 self._replace(holder, "timeout")
                 return _Call(failure=Outcome(RewardStatus.TIMEOUT, error=f"no result within {self.item_timeout:g} s; "
                                                                    "worker killed and replaced"), at=done)

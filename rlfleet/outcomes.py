@@ -3,7 +3,8 @@
 One vocabulary for every service and client: the generator reports a FinishReason, a RewardItem
 is what the reward server scores with the functions its RewardInfos describe, it gives every item
 a RewardStatus, and the learner's pipeline combines the ItemScores of several reward services with
-the same `combine` the reward server uses for its functions.
+the same `combine` the reward server uses for its functions. A RewardBatch is many items as columns
+and BatchScores their scores as columns (the reward server's ScoreBatch, with no per-item objects).
 
 Severity order, least to most severe (an item scored by several functions or services carries the
 most severe status any of them gave it):
@@ -18,7 +19,7 @@ and may hide whatever else was wrong.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
@@ -110,6 +111,43 @@ class RewardItem:
         return {**self.columns, "completion_tokens": self.completion_tokens, "finish_reason": self.finish_reason}
 
 
+@dataclass(slots=True)
+class RewardBatch:
+    """Items as columns: entry i of every list belongs to item i (all lists have len(prompts) entries)."""
+
+    prompts: list[str]
+    completions: list[str]
+    columns: dict[str, list[Any]] = field(default_factory=dict)
+    """Dataset columns, JSON-decoded, one value per item (None where an item has none); `answer` is the gold answer."""
+    completion_tokens: list[int] | None = None
+    """Completion lengths in tokens (0 = unknown); None = all unknown."""
+    finish_reasons: list[FinishReason | None] | None = None
+    """Why generation stopped (None = unknown); None = all unknown."""
+
+    def __len__(self) -> int:
+        return len(self.prompts)
+
+    def __reduce__(self):  # a plain tuple pickles faster than dataclass state
+        return RewardBatch, (self.prompts, self.completions, self.columns, self.completion_tokens, self.finish_reasons)
+
+    @classmethod
+    def from_items(cls, items: Sequence[RewardItem]) -> RewardBatch:
+        """The items as columns; an item without a column some other item has gets None there (as TRL passes it)."""
+        names = dict.fromkeys(key for item in items for key in item.columns)
+        finish = [item.finish_reason for item in items]
+        tokens = [item.completion_tokens for item in items]
+        return cls([item.prompt for item in items], [item.completion for item in items],
+                   {name: [item.columns.get(name) for item in items] for name in names},
+                   tokens if any(tokens) else None, finish if any(r is not None for r in finish) else None)
+
+    def slice(self, start: int, stop: int) -> RewardBatch:
+        """Items start..stop-1 as a batch of their own."""
+        return RewardBatch(self.prompts[start:stop], self.completions[start:stop],
+                           {name: values[start:stop] for name, values in self.columns.items()},
+                           None if self.completion_tokens is None else self.completion_tokens[start:stop],
+                           None if self.finish_reasons is None else self.finish_reasons[start:stop])
+
+
 @dataclass(frozen=True)
 class RewardInfo:
     """One reward function a reward service runs, as its ListRewards describes it."""
@@ -130,6 +168,31 @@ class ItemScore:
     components: dict[str, float]
     status: RewardStatus = RewardStatus.OK
     error: str = ""
+
+
+@dataclass(slots=True)
+class BatchScores:
+    """The scores of a RewardBatch as columns, one entry per item; the causes only for items that are not OK."""
+
+    rewards: list[float]
+    """Weighted total per item (0.0 where the status is not OK)."""
+    statuses: list[RewardStatus]
+    components: dict[str, list[float]]
+    """Unweighted values per component name; NaN where the component does not apply to the item (it returned
+    None, or failed on it). NaN rather than None: the wire carries packed floats, and a present value is finite."""
+    errors: dict[int, str] = field(default_factory=dict)
+    """Item index -> cause, for the items whose status is not OK."""
+
+    def __len__(self) -> int:
+        return len(self.rewards)
+
+    def item(self, i: int) -> ItemScore:
+        """Item i's score, as `combine` would give it."""
+        components = {name: values[i] for name, values in self.components.items() if values[i] == values[i]}
+        return ItemScore(self.rewards[i], components, self.statuses[i], self.errors.get(i, ""))
+
+    def items(self) -> list[ItemScore]:
+        return [self.item(i) for i in range(len(self.rewards))]
 
 
 def combine(parts: Iterable[tuple[str, float, ItemScore]]) -> ItemScore:

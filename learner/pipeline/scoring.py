@@ -1,10 +1,10 @@
 """Scores finished groups on every reward service of the pipeline, weighted, into the groups' samples.
 
-Many groups go in one Score call per service (each item keeps its own typed status), so a batch
-costs a few calls, not one per group.
+Many groups go in one ScoreBatch call per service (columns both ways; each item keeps its own typed
+status), so a batch costs a few calls, not one per group.
 
 A reward service that is down pauses scoring (the RewardClient retries until it answers) and
-resumes when it is back: a group is never trained on with a made-up reward. A Score call that runs
+resumes when it is back: a group is never trained on with a made-up reward. A ScoreBatch call that runs
 past its deadline is not retried (the same work would time out again, for ever): its items end
 with status TIMEOUT. Several services combine with `rlfleet.outcomes.combine`, the same rule the
 reward server applies to its functions.
@@ -13,6 +13,7 @@ reward server applies to its functions.
 from __future__ import annotations
 
 import asyncio
+import collections
 import logging
 import time
 from collections.abc import Sequence
@@ -24,7 +25,7 @@ from learner.pipeline.config import RewardServiceConfig
 from learner.pipeline.dataset import PromptRow
 from rlfleet.clients import TRANSIENT, ReferenceClient, Retry, RewardClient
 from rlfleet.config import ClientConfig
-from rlfleet.outcomes import ItemScore, RewardItem, RewardStatus, combine
+from rlfleet.outcomes import ItemScore, RewardBatch, RewardItem, RewardStatus, combine
 from rlfleet.rollouts import Group, Sample
 
 log = logging.getLogger(__name__)
@@ -60,10 +61,10 @@ class GroupScorer:
         self.max_items_per_call = max_items_per_call
 
     async def score(self, groups: Sequence[tuple[Group, PromptRow]]) -> list[list[str]]:
-        """Scores every sample of every (group, row) on every service, all groups in as few Score calls as
+        """Scores every sample of every (group, row) on every service, all groups in as few ScoreBatch calls as
         `max_items_per_call` allows (the services concurrently); returns each group's errors of failed samples."""
-        items = [item for group, row in groups for item in reward_items(group, row)]
-        per_service = await asyncio.gather(*(self._score_all(reward, items) for reward, _ in self.services))
+        batch = RewardBatch.from_items([item for group, row in groups for item in reward_items(group, row)])
+        per_service = await asyncio.gather(*(self._score_all(reward, batch) for reward, _ in self.services))
         errors: list[list[str]] = []
         i = 0
         for group, _ in groups:
@@ -79,28 +80,29 @@ class GroupScorer:
                 i += 1
         return errors
 
-    async def _score_all(self, reward: RewardClient, items: list[RewardItem]) -> list[ItemScore]:
+    async def _score_all(self, reward: RewardClient, batch: RewardBatch) -> list[ItemScore]:
         step = self.max_items_per_call
         scores: list[ItemScore] = []
-        for start in range(0, len(items), step):
-            scores += await self._score_on(reward, items[start:start + step])
+        for start in range(0, len(batch), step):
+            scores += await self._score_on(reward, batch if len(batch) <= step else batch.slice(start, start + step))
         return scores
 
-    async def _score_on(self, reward: RewardClient, items: list[RewardItem]) -> list[ItemScore]:
+    async def _score_on(self, reward: RewardClient, batch: RewardBatch) -> list[ItemScore]:
         start, version = time.perf_counter(), reward.script_version
         try:
-            scores = await reward.score(items, on_retry=metrics.REWARD_UNAVAILABLE.labels(reward.name).inc)
+            scored = await reward.score_batch(batch, on_retry=metrics.REWARD_UNAVAILABLE.labels(reward.name).inc)
+            scores = scored.items()
         except grpc.aio.AioRpcError as err:
             if err.code() is not grpc.StatusCode.DEADLINE_EXCEEDED:
                 raise
             error = f"no answer within {reward.timeout:g} s (reward_timeout_seconds)"  # combine names the service
-            scores = [ItemScore(0.0, {}, RewardStatus.TIMEOUT, error) for _ in items]
+            scores = [ItemScore(0.0, {}, RewardStatus.TIMEOUT, error) for _ in range(len(batch))]
         metrics.REWARD_LATENCY.labels(reward.name).observe(time.perf_counter() - start)
         if version and reward.script_version != version:
             log.warning("reward service %s changed its script version %s -> %s mid-run",
                         reward.name, version, reward.script_version)
-        for score in scores:
-            metrics.REWARD_ITEMS.labels(reward.name, score.status.value).inc()
+        for status, count in collections.Counter(score.status.value for score in scores).items():
+            metrics.REWARD_ITEMS.labels(reward.name, status).inc(count)
         return scores
 
     async def close(self) -> None:

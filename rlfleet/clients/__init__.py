@@ -1,7 +1,8 @@
 """Typed clients, one per service: they own every proto build and parse, deadlines and retries.
 
 - `GeneratorClient`: Generate (PromptInput + Sampling in, rlfleet.rollouts.Group out), GetInfo, LoadAdapter, health.
-- `RewardClient`: Score (RewardItem in, ItemScore out), ListRewards.
+- `RewardClient`: ScoreBatch (RewardBatch in, BatchScores out: columns, the fast path), Score (RewardItem in,
+  ItemScore out), ListRewards.
 - `EnvironmentClient`: sessions of an environment service (a row in; StepResult, ItemScore out), each kept on
   the replica that started it.
 - `ReferenceClient`: LogProbs (fills a Group's ref_logprobs), GetInfo.

@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from rlfleet.v1 import common_pb2 as rlfleet_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17rlfleet/v1/reward.proto\x12\nrlfleet.v1\x1a\x17rlfleet/v1/common.proto\"\x88\x02\n\nRewardItem\x12\x0e\n\x06prompt\x18\x01 \x01(\t\x12\x12\n\ncompletion\x18\x02 \x01(\t\x12\x16\n\treference\x18\x03 \x01(\tH\x00\x88\x01\x01\x12\x34\n\x07\x63olumns\x18\x04 \x03(\x0b\x32#.rlfleet.v1.RewardItem.ColumnsEntry\x12\x19\n\x11\x63ompletion_tokens\x18\x05 \x01(\r\x12/\n\rfinish_reason\x18\x06 \x01(\x0e\x32\x18.rlfleet.v1.FinishReason\x1a.\n\x0c\x43olumnsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x42\x0c\n\n_reference\"I\n\x0cScoreRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12%\n\x05items\x18\x02 \x03(\x0b\x32\x16.rlfleet.v1.RewardItem\"\xc8\x01\n\x0cRewardResult\x12\x0e\n\x06reward\x18\x01 \x01(\x02\x12<\n\ncomponents\x18\x02 \x03(\x0b\x32(.rlfleet.v1.RewardResult.ComponentsEntry\x12(\n\x06status\x18\x03 \x01(\x0e\x32\x18.rlfleet.v1.RewardStatus\x12\r\n\x05\x65rror\x18\x04 \x01(\t\x1a\x31\n\x0f\x43omponentsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x02:\x02\x38\x01\"R\n\rScoreResponse\x12)\n\x07results\x18\x01 \x03(\x0b\x32\x18.rlfleet.v1.RewardResult\x12\x16\n\x0escript_version\x18\x02 \x01(\t\"\x14\n\x12ListRewardsRequest\"M\n\nRewardSpec\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0e\n\x06weight\x18\x02 \x01(\x02\x12\x0c\n\x04kind\x18\x03 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x04 \x01(\t\"V\n\x13ListRewardsResponse\x12\'\n\x07rewards\x18\x01 \x03(\x0b\x32\x16.rlfleet.v1.RewardSpec\x12\x16\n\x0escript_version\x18\x02 \x01(\t2\x9d\x01\n\rRewardService\x12<\n\x05Score\x12\x18.rlfleet.v1.ScoreRequest\x1a\x19.rlfleet.v1.ScoreResponse\x12N\n\x0bListRewards\x12\x1e.rlfleet.v1.ListRewardsRequest\x1a\x1f.rlfleet.v1.ListRewardsResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17rlfleet/v1/reward.proto\x12\nrlfleet.v1\x1a\x17rlfleet/v1/common.proto\"\x88\x02\n\nRewardItem\x12\x0e\n\x06prompt\x18\x01 \x01(\t\x12\x12\n\ncompletion\x18\x02 \x01(\t\x12\x16\n\treference\x18\x03 \x01(\tH\x00\x88\x01\x01\x12\x34\n\x07\x63olumns\x18\x04 \x03(\x0b\x32#.rlfleet.v1.RewardItem.ColumnsEntry\x12\x19\n\x11\x63ompletion_tokens\x18\x05 \x01(\r\x12/\n\rfinish_reason\x18\x06 \x01(\x0e\x32\x18.rlfleet.v1.FinishReason\x1a.\n\x0c\x43olumnsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x42\x0c\n\n_reference\"I\n\x0cScoreRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12%\n\x05items\x18\x02 \x03(\x0b\x32\x16.rlfleet.v1.RewardItem\"\xc8\x01\n\x0cRewardResult\x12\x0e\n\x06reward\x18\x01 \x01(\x02\x12<\n\ncomponents\x18\x02 \x03(\x0b\x32(.rlfleet.v1.RewardResult.ComponentsEntry\x12(\n\x06status\x18\x03 \x01(\x0e\x32\x18.rlfleet.v1.RewardStatus\x12\r\n\x05\x65rror\x18\x04 \x01(\t\x1a\x31\n\x0f\x43omponentsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x02:\x02\x38\x01\"R\n\rScoreResponse\x12)\n\x07results\x18\x01 \x03(\x0b\x32\x18.rlfleet.v1.RewardResult\x12\x16\n\x0escript_version\x18\x02 \x01(\t\"\x87\x02\n\x11ScoreBatchRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x0f\n\x07prompts\x18\x02 \x03(\t\x12\x13\n\x0b\x63ompletions\x18\x03 \x03(\t\x12\x19\n\x11\x63ompletion_tokens\x18\x04 \x03(\r\x12\x30\n\x0e\x66inish_reasons\x18\x05 \x03(\x0e\x32\x18.rlfleet.v1.FinishReason\x12;\n\x07\x63olumns\x18\x06 \x03(\x0b\x32*.rlfleet.v1.ScoreBatchRequest.ColumnsEntry\x1a.\n\x0c\x43olumnsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\x85\x02\n\x12ScoreBatchResponse\x12\x0f\n\x07rewards\x18\x01 \x03(\x02\x12*\n\x08statuses\x18\x02 \x03(\x0e\x32\x18.rlfleet.v1.RewardStatus\x12/\n\ncomponents\x18\x03 \x03(\x0b\x32\x1b.rlfleet.v1.ComponentColumn\x12:\n\x06\x65rrors\x18\x04 \x03(\x0b\x32*.rlfleet.v1.ScoreBatchResponse.ErrorsEntry\x12\x16\n\x0escript_version\x18\x05 \x01(\t\x1a-\n\x0b\x45rrorsEntry\x12\x0b\n\x03key\x18\x01 \x01(\r\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"/\n\x0f\x43omponentColumn\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0e\n\x06values\x18\x02 \x03(\x02\"\x14\n\x12ListRewardsRequest\"M\n\nRewardSpec\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0e\n\x06weight\x18\x02 \x01(\x02\x12\x0c\n\x04kind\x18\x03 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x04 \x01(\t\"V\n\x13ListRewardsResponse\x12\'\n\x07rewards\x18\x01 \x03(\x0b\x32\x16.rlfleet.v1.RewardSpec\x12\x16\n\x0escript_version\x18\x02 \x01(\t2\xea\x01\n\rRewardService\x12K\n\nScoreBatch\x12\x1d.rlfleet.v1.ScoreBatchRequest\x1a\x1e.rlfleet.v1.ScoreBatchResponse\x12<\n\x05Score\x12\x18.rlfleet.v1.ScoreRequest\x1a\x19.rlfleet.v1.ScoreResponse\x12N\n\x0bListRewards\x12\x1e.rlfleet.v1.ListRewardsRequest\x1a\x1f.rlfleet.v1.ListRewardsResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -36,6 +36,10 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_REWARDITEM_COLUMNSENTRY']._serialized_options = b'8\001'
   _globals['_REWARDRESULT_COMPONENTSENTRY']._loaded_options = None
   _globals['_REWARDRESULT_COMPONENTSENTRY']._serialized_options = b'8\001'
+  _globals['_SCOREBATCHREQUEST_COLUMNSENTRY']._loaded_options = None
+  _globals['_SCOREBATCHREQUEST_COLUMNSENTRY']._serialized_options = b'8\001'
+  _globals['_SCOREBATCHRESPONSE_ERRORSENTRY']._loaded_options = None
+  _globals['_SCOREBATCHRESPONSE_ERRORSENTRY']._serialized_options = b'8\001'
   _globals['_REWARDITEM']._serialized_start=65
   _globals['_REWARDITEM']._serialized_end=329
   _globals['_REWARDITEM_COLUMNSENTRY']._serialized_start=269
@@ -48,12 +52,22 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_REWARDRESULT_COMPONENTSENTRY']._serialized_end=607
   _globals['_SCORERESPONSE']._serialized_start=609
   _globals['_SCORERESPONSE']._serialized_end=691
-  _globals['_LISTREWARDSREQUEST']._serialized_start=693
-  _globals['_LISTREWARDSREQUEST']._serialized_end=713
-  _globals['_REWARDSPEC']._serialized_start=715
-  _globals['_REWARDSPEC']._serialized_end=792
-  _globals['_LISTREWARDSRESPONSE']._serialized_start=794
-  _globals['_LISTREWARDSRESPONSE']._serialized_end=880
-  _globals['_REWARDSERVICE']._serialized_start=883
-  _globals['_REWARDSERVICE']._serialized_end=1040
+  _globals['_SCOREBATCHREQUEST']._serialized_start=694
+  _globals['_SCOREBATCHREQUEST']._serialized_end=957
+  _globals['_SCOREBATCHREQUEST_COLUMNSENTRY']._serialized_start=269
+  _globals['_SCOREBATCHREQUEST_COLUMNSENTRY']._serialized_end=315
+  _globals['_SCOREBATCHRESPONSE']._serialized_start=960
+  _globals['_SCOREBATCHRESPONSE']._serialized_end=1221
+  _globals['_SCOREBATCHRESPONSE_ERRORSENTRY']._serialized_start=1176
+  _globals['_SCOREBATCHRESPONSE_ERRORSENTRY']._serialized_end=1221
+  _globals['_COMPONENTCOLUMN']._serialized_start=1223
+  _globals['_COMPONENTCOLUMN']._serialized_end=1270
+  _globals['_LISTREWARDSREQUEST']._serialized_start=1272
+  _globals['_LISTREWARDSREQUEST']._serialized_end=1292
+  _globals['_REWARDSPEC']._serialized_start=1294
+  _globals['_REWARDSPEC']._serialized_end=1371
+  _globals['_LISTREWARDSRESPONSE']._serialized_start=1373
+  _globals['_LISTREWARDSRESPONSE']._serialized_end=1459
+  _globals['_REWARDSERVICE']._serialized_start=1462
+  _globals['_REWARDSERVICE']._serialized_end=1696
 # @@protoc_insertion_point(module_scope)

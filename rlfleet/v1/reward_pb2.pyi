@@ -65,6 +65,58 @@ class ScoreResponse(_message.Message):
     script_version: str
     def __init__(self, results: _Optional[_Iterable[_Union[RewardResult, _Mapping]]] = ..., script_version: _Optional[str] = ...) -> None: ...
 
+class ScoreBatchRequest(_message.Message):
+    __slots__ = ("request_id", "prompts", "completions", "completion_tokens", "finish_reasons", "columns")
+    class ColumnsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    PROMPTS_FIELD_NUMBER: _ClassVar[int]
+    COMPLETIONS_FIELD_NUMBER: _ClassVar[int]
+    COMPLETION_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    FINISH_REASONS_FIELD_NUMBER: _ClassVar[int]
+    COLUMNS_FIELD_NUMBER: _ClassVar[int]
+    request_id: str
+    prompts: _containers.RepeatedScalarFieldContainer[str]
+    completions: _containers.RepeatedScalarFieldContainer[str]
+    completion_tokens: _containers.RepeatedScalarFieldContainer[int]
+    finish_reasons: _containers.RepeatedScalarFieldContainer[_common_pb2.FinishReason]
+    columns: _containers.ScalarMap[str, str]
+    def __init__(self, request_id: _Optional[str] = ..., prompts: _Optional[_Iterable[str]] = ..., completions: _Optional[_Iterable[str]] = ..., completion_tokens: _Optional[_Iterable[int]] = ..., finish_reasons: _Optional[_Iterable[_Union[_common_pb2.FinishReason, str]]] = ..., columns: _Optional[_Mapping[str, str]] = ...) -> None: ...
+
+class ScoreBatchResponse(_message.Message):
+    __slots__ = ("rewards", "statuses", "components", "errors", "script_version")
+    class ErrorsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: int
+        value: str
+        def __init__(self, key: _Optional[int] = ..., value: _Optional[str] = ...) -> None: ...
+    REWARDS_FIELD_NUMBER: _ClassVar[int]
+    STATUSES_FIELD_NUMBER: _ClassVar[int]
+    COMPONENTS_FIELD_NUMBER: _ClassVar[int]
+    ERRORS_FIELD_NUMBER: _ClassVar[int]
+    SCRIPT_VERSION_FIELD_NUMBER: _ClassVar[int]
+    rewards: _containers.RepeatedScalarFieldContainer[float]
+    statuses: _containers.RepeatedScalarFieldContainer[_common_pb2.RewardStatus]
+    components: _containers.RepeatedCompositeFieldContainer[ComponentColumn]
+    errors: _containers.ScalarMap[int, str]
+    script_version: str
+    def __init__(self, rewards: _Optional[_Iterable[float]] = ..., statuses: _Optional[_Iterable[_Union[_common_pb2.RewardStatus, str]]] = ..., components: _Optional[_Iterable[_Union[ComponentColumn, _Mapping]]] = ..., errors: _Optional[_Mapping[int, str]] = ..., script_version: _Optional[str] = ...) -> None: ...
+
+class ComponentColumn(_message.Message):
+    __slots__ = ("name", "values")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    VALUES_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    values: _containers.RepeatedScalarFieldContainer[float]
+    def __init__(self, name: _Optional[str] = ..., values: _Optional[_Iterable[float]] = ...) -> None: ...
+
 class ListRewardsRequest(_message.Message):
     __slots__ = ()
     def __init__(self) -> None: ...

@@ -34,6 +34,11 @@ class RewardServiceStub:
         Args:
             channel: A grpc.Channel.
         """
+        self.ScoreBatch = channel.unary_unary(
+                '/rlfleet.v1.RewardService/ScoreBatch',
+                request_serializer=rlfleet_dot_v1_dot_reward__pb2.ScoreBatchRequest.SerializeToString,
+                response_deserializer=rlfleet_dot_v1_dot_reward__pb2.ScoreBatchResponse.FromString,
+                _registered_method=True)
         self.Score = channel.unary_unary(
                 '/rlfleet.v1.RewardService/Score',
                 request_serializer=rlfleet_dot_v1_dot_reward__pb2.ScoreRequest.SerializeToString,
@@ -49,8 +54,16 @@ class RewardServiceStub:
 class RewardServiceServicer:
     """Missing associated documentation comment in .proto file."""
 
+    def ScoreBatch(self, request, context):
+        """Scores a batch sent as columns; each item gets a total, its components and a status. Idempotent per
+        request_id. The fast path: no per-item messages either way.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def Score(self, request, context):
-        """Scores every item; each gets a total, its components and a status. Idempotent per request_id.
+        """Scores every item, one message per item (kept for existing callers; served by the same core as ScoreBatch).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -66,6 +79,11 @@ class RewardServiceServicer:
 
 def add_RewardServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
+            'ScoreBatch': grpc.unary_unary_rpc_method_handler(
+                    servicer.ScoreBatch,
+                    request_deserializer=rlfleet_dot_v1_dot_reward__pb2.ScoreBatchRequest.FromString,
+                    response_serializer=rlfleet_dot_v1_dot_reward__pb2.ScoreBatchResponse.SerializeToString,
+            ),
             'Score': grpc.unary_unary_rpc_method_handler(
                     servicer.Score,
                     request_deserializer=rlfleet_dot_v1_dot_reward__pb2.ScoreRequest.FromString,
@@ -86,6 +104,33 @@ def add_RewardServiceServicer_to_server(servicer, server):
  # This class is part of an EXPERIMENTAL API.
 class RewardService:
     """Missing associated documentation comment in .proto file."""
+
+    @staticmethod
+    def ScoreBatch(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/rlfleet.v1.RewardService/ScoreBatch',
+            rlfleet_dot_v1_dot_reward__pb2.ScoreBatchRequest.SerializeToString,
+            rlfleet_dot_v1_dot_reward__pb2.ScoreBatchResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
 
     @staticmethod
     def Score(request,

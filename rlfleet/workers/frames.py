@@ -58,7 +58,12 @@ def read_frame(fd: int) -> bytes:
 
 def send(fd: int, message) -> None:
     """Writes `message` as one JSON frame to a blocking fd (the worker's side)."""
-    data = json.dumps(message).encode()
+    send_frame(fd, json.dumps(message).encode())
+
+
+def send_frame(fd: int, data: bytes) -> None:
+    """Writes one frame of bytes to a blocking fd (the worker's side; a service's own plain-data layout, which its
+    server decodes without pickle: reward_server.replies)."""
     view = memoryview(HEADER.pack(len(data)) + data)
     while view:
         view = view[os.write(fd, view):]

@@ -22,13 +22,13 @@ import ctypes
 import mmap
 import os
 import pickle
+import select
 import signal
 import subprocess
 import sys
 import tempfile
 import time
 from dataclasses import dataclass
-from multiprocessing.connection import wait
 
 from rlfleet.workers import isolation
 from rlfleet.workers.frames import Frames, write_frame
@@ -89,6 +89,11 @@ class Worker:
         self._cpu: tuple[float, float | None] | None = None
         os.set_blocking(requests_w, False)
         self.sentinel = os.pidfd_open(self.process.pid) if hasattr(os, "pidfd_open") else None
+        # One poll object for the worker's life: multiprocessing.connection.wait() built a selector per call.
+        self._poller = select.poll()
+        for fd in (replies_r, self.sentinel):
+            if fd is not None:
+                self._poller.register(fd, select.POLLIN)
 
     @property
     def root_pid(self) -> int:
@@ -100,7 +105,9 @@ class Worker:
         return self.process.pid
 
     def send(self, message, deadline: float) -> None:
-        write_frame(self.requests, pickle.dumps(message, protocol=pickle.HIGHEST_PROTOCOL), deadline)
+        """Writes `message` pickled, or as is when it is bytes (a service's own encoding: reward_server.chunks)."""
+        data = message if isinstance(message, bytes) else pickle.dumps(message, protocol=pickle.HIGHEST_PROTOCOL)
+        write_frame(self.requests, data, deadline)
 
     def next_event(self, timeout: float) -> bytes | bool:
         """A complete reply frame; True when the worker is gone (or closed its pipe); False after `timeout`.
@@ -110,8 +117,8 @@ class Worker:
         frame = self.replies.pop()
         if frame is not None:
             return frame
-        ready = wait([self.replies] + ([self.sentinel] if self.sentinel is not None else []), timeout)
-        if self.replies in ready:
+        ready = {fd for fd, _ in self._poller.poll(max(timeout, 0.0) * 1000)}
+        if self.replies.fd in ready:
             try:
                 self.replies.fill()
             except EOFError:
