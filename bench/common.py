@@ -196,6 +196,7 @@ class UpRun:
     max_tokens: int = 12
     lr: float = 2e-3
     lora_rank: int = 16
+    lora_alpha: float = 32.0
     kl_coef: float = 0.005
     eval_rows: int = 8       # a short evaluation warms vLLM up before the learner starts
     base_port: int = 51700
@@ -206,7 +207,8 @@ class UpRun:
         return ["--model", self.model, "--warmstart-steps", "0", "--steps", str(self.steps),
                 "--max-staleness", str(self.max_staleness), "--group-size", str(self.group_size),
                 "--prompts-per-batch", str(self.prompts_per_batch), "--max-tokens", str(self.max_tokens),
-                "--lr", str(self.lr), "--lora-rank", str(self.lora_rank), "--kl-coef", str(self.kl_coef),
+                "--lr", str(self.lr), "--lora-rank", str(self.lora_rank),
+                "--lora-alpha", str(self.lora_alpha), "--kl-coef", str(self.kl_coef),
                 "--eval-rows", str(self.eval_rows), "--base-port", str(self.base_port), "--seed", str(self.seed),
                 "--run-dir", str(self.run_dir), "--no-plot", "--progress", "none", *self.extra]
 

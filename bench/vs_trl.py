@@ -59,6 +59,7 @@ class Shared:
     max_tokens: int = 12
     lr: float = 2e-3
     lora_rank: int = 16
+    lora_alpha: float = 32.0      # both sides; `rlfleet up` fixes alpha at 32 whatever the rank
     kl_coef: float = 0.005
     seed: int = 0
     dataset: str = "builtin:reverse"
@@ -126,7 +127,7 @@ def run_trl(model: Path, shared: Shared, out_dir: Path) -> list[StepRecord]:
         bf16=False, fp16=False, gradient_checkpointing=False, use_cpu=True, use_vllm=False,
         reward_weights=[1.0, 0.5], logging_steps=1, save_strategy="no", report_to=[], seed=shared.seed,
         model_init_kwargs={"dtype": torch.float32}, dataloader_num_workers=0, disable_dropout=True)
-    lora = LoraConfig(r=shared.lora_rank, lora_alpha=2.0 * shared.lora_rank, lora_dropout=0.0,
+    lora = LoraConfig(r=shared.lora_rank, lora_alpha=shared.lora_alpha, lora_dropout=0.0,
                       target_modules=LORA_TARGETS, task_type="CAUSAL_LM")
     records: list[StepRecord] = []
 
@@ -154,6 +155,7 @@ def run_rlfleet(model: Path, shared: Shared, run_dir: Path, max_staleness: int) 
     run_up(UpRun(model=str(model), run_dir=run_dir, steps=shared.steps, max_staleness=max_staleness,
                  group_size=shared.group_size, prompts_per_batch=shared.prompts_per_batch,
                  max_tokens=shared.max_tokens, lr=shared.lr, lora_rank=shared.lora_rank,
+                 lora_alpha=shared.lora_alpha,
                  kl_coef=shared.kl_coef, seed=shared.seed, extra=("--dataset", shared.dataset)))
     return read_learner_steps(run_dir)
 
@@ -187,7 +189,7 @@ TRL = "TRL GRPOTrainer"
 
 
 def run(workdir: Path, steps: int, warmup: int, max_staleness: int = 1, reuse: Path | None = None,
-        also: dict[int, Path] | None = None, config: str = "tiny", seeds: tuple[int, ...] = (0,)) -> str:
+        also: dict[int, Path] | None = None, config: str = "tiny", seeds: tuple[int, ...] = (0,), lora_rank: int | None = None) -> str:
     """Both systems, one after the other, once per seed. `reuse` is a finished `rlfleet up` run with these exact
     settings at `max_staleness` (`python -m bench` passes overlap.py's run instead of training twice); `also`
     adds more finished runs by their max_staleness, as extra rows against the same TRL run (first seed only)."""
@@ -196,6 +198,8 @@ def run(workdir: Path, steps: int, warmup: int, max_staleness: int = 1, reuse: P
     per_seed = []
     for i, seed in enumerate(seeds):
         shared = dataclasses.replace(PRESETS[config], steps=steps, seed=seed)
+        if lora_rank is not None:
+            shared = dataclasses.replace(shared, lora_rank=lora_rank)
         model = warm_model(workdir, shared.warmstart_steps, 0, shared.hidden_size, shared.layers,
                            shared.dataset.split(":", 1)[1], shared.warmstart_batch)
         out = workdir / f"vs_trl-{config}" / f"seed-{seed}"
@@ -252,12 +256,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0], help="one run of each system per seed")
     parser.add_argument("--max-staleness", type=int, default=1, help="rlfleet's max_staleness")
     parser.add_argument("--workdir", type=Path, default=Path("/tmp/rlfleet-bench"))
+    parser.add_argument("--lora-rank", type=int, help="LoRA rank of both systems (default 16; `rlfleet up` defaults to 1)")
     parser.add_argument("--quick", action="store_true", help="smoke run: 5 steps, 1 warm-up step")
     args = parser.parse_args(argv)
     steps, warmup = (5, 1) if args.quick else (args.steps or PRESETS[args.config].steps, args.warmup)
     if args.config == "compute" and not args.quick:
         warmup = min(warmup, 2)
-    print(run(args.workdir, steps, warmup, args.max_staleness, config=args.config, seeds=tuple(args.seeds)))
+    print(run(args.workdir, steps, warmup, args.max_staleness, config=args.config, seeds=tuple(args.seeds),
+              lora_rank=args.lora_rank))
     return 0
 
 
