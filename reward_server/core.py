@@ -210,7 +210,7 @@ class RewardCore:
         start = time.perf_counter()
         parts: list[Outcomes] = []
         for future in futures:
-            parts.append(await asyncio.wrap_future(future))
+            parts.append(await future)
             child(metrics.SCORE_LATENCY, spec.name).observe(time.perf_counter() - start)
         return Outcomes.concat(parts)
 
@@ -222,10 +222,10 @@ class RewardCore:
 
     def _record(self, per_spec: list[Outcomes]) -> None:
         for spec, out in zip(self.specs, per_spec, strict=True):
-            counts = collections.Counter(failure.status.name for failure in out.failures.values())
-            counts["OK"] = len(out) - len(out.failures)
-            for status, count in counts.items():
-                if count:
+            if len(out) > len(out.failures):
+                child(metrics.ITEMS_SCORED, spec.name, "OK").inc(len(out) - len(out.failures))
+            if out.failures:
+                for status, count in collections.Counter(f.status.name for f in out.failures.values()).items():
                     child(metrics.ITEMS_SCORED, spec.name, status).inc(count)
             values = out.values
             if out.absent or out.failures:

@@ -28,7 +28,7 @@ MEAN_REWARD = Gauge(
 
 
 class WindowMean:
-    """Mean of the last `size` values per component, published to MEAN_REWARD."""
+    """Mean of the last `size` values per component, published to MEAN_REWARD (computed when scraped)."""
 
     def __init__(self, size: int):
         self.size = size
@@ -39,6 +39,13 @@ class WindowMean:
         if not values:
             return
         with self._lock:
-            window = self._values.setdefault(component, deque(maxlen=self.size))
+            window = self._values.get(component)
+            if window is None:
+                window = self._values[component] = deque(maxlen=self.size)
+                # The mean is taken when /metrics is scraped, not at every Score call (a sum over the window).
+                child(MEAN_REWARD, component).set_function(lambda: self._mean(window))
             window.extend(values)
-            child(MEAN_REWARD, component).set(sum(window) / len(window))
+
+    def _mean(self, window: deque[float]) -> float:
+        with self._lock:
+            return sum(window) / len(window)

@@ -16,7 +16,7 @@ environment, rlimits and JSON replies only), started with Job.serve_with = "rewa
 
 from __future__ import annotations
 
-import concurrent.futures
+import asyncio
 import logging
 import queue
 import threading
@@ -57,7 +57,27 @@ class _Task:
     function: str
     batched: bool
     batch: RewardBatch
-    future: concurrent.futures.Future
+    future: asyncio.Future
+    loop: asyncio.AbstractEventLoop
+    abandoned: bool = False
+    """Set on the event loop when the future is cancelled; the feeder reads it (a plain attribute: no lock)."""
+
+    def settle(self, outcomes: Outcomes | None, error: BaseException | None = None) -> None:
+        """Hands the result to the event loop (from the feeder thread); nothing when nobody waits any more."""
+        if not self.abandoned:
+            try:
+                self.loop.call_soon_threadsafe(_settle, self.future, outcomes, error)
+            except RuntimeError:  # the event loop is closed: the service is stopping
+                pass
+
+
+def _settle(future: asyncio.Future, outcomes: Outcomes | None, error: BaseException | None) -> None:
+    if future.done():  # cancelled meanwhile
+        return
+    if error is not None:
+        future.set_exception(error)
+    else:
+        future.set_result(outcomes)
 
 
 @dataclass
@@ -153,14 +173,20 @@ class WorkerPool:
         """Items submitted and not finished yet (queued or running)."""
         return self._pending
 
-    def submit(self, function: str, batch: RewardBatch) -> concurrent.futures.Future:
-        """Queues one chunk; the future gets its Outcomes. Cancel the future to abandon it."""
-        future: concurrent.futures.Future = concurrent.futures.Future()
+    def submit(self, function: str, batch: RewardBatch) -> asyncio.Future:
+        """Queues one chunk (call it on the event loop); the future gets its Outcomes. Cancel it to abandon the chunk.
+
+        An asyncio future that the feeder resolves with call_soon_threadsafe: a concurrent.futures.Future
+        awaited through asyncio.wrap_future cost two futures, a condition variable and a callback chain.
+        """
+        loop = asyncio.get_running_loop()
+        task = _Task(function, self.functions[function].batched, batch, loop.create_future(), loop)
+        task.future.add_done_callback(lambda future: setattr(task, "abandoned", future.cancelled()))
         with self._lock:
             self._pending += len(batch)
             metrics.QUEUE_ITEMS.set(self._pending)
-        self._tasks.put(_Task(function, self.functions[function].batched, batch, future))
-        return future
+        self._tasks.put(task)
+        return task.future
 
     def close(self) -> None:
         for _ in self._threads:
@@ -173,16 +199,13 @@ class WorkerPool:
         holder = [worker]
         while (task := self._tasks.get()) is not None:
             try:
-                if not task.future.cancelled():
+                if not task.abandoned:
                     outcomes = self._execute(holder, task, task.batch)
-                    if outcomes is not None and not task.future.cancelled():
-                        task.future.set_result(outcomes)
-            except concurrent.futures.InvalidStateError:
-                pass  # cancelled between the check and set_result: nobody waits for it
+                    if outcomes is not None:
+                        task.settle(outcomes)
             except Exception as err:  # noqa: BLE001 - a feeder must outlive any one task
                 log.exception("reward worker feeder failed")
-                if not task.future.done():
-                    task.future.set_exception(err)
+                task.settle(None, err)
             finally:
                 with self._lock:
                     self._pending -= len(task.batch)
@@ -262,7 +285,7 @@ class WorkerPool:
                 message = worker.exit_message()
                 self._replace(holder, "crash")
                 return _Call(failure=Outcome(RewardStatus.ERROR, error=message), at=done)
-            if task.future.cancelled():
+            if task.abandoned:
                 self._replace(holder, "abandoned")
                 return _Call(abandoned=True)
             now, ticks = time.monotonic(), ticks + 1
