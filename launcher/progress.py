@@ -26,13 +26,20 @@ class ProgressView:
         self.stream = stream
         self.mode = mode if mode != "bar" or stream.isatty() else "lines"
         self._offset = 0
+        self._inode: int | None = None
         self._started = time.monotonic()
         self._last: dict | None = None
 
     def poll(self) -> list[dict]:
         """Reads records appended since the last call and shows them."""
-        if not self.path.exists():
+        try:
+            stat = self.path.stat()
+        except FileNotFoundError:
             return []
+        # The learner replaces an earlier run's file when it starts (learner.loop._trim_metrics): read
+        # the new one from its start rather than from an offset into the old one.
+        if stat.st_ino != self._inode or stat.st_size < self._offset:
+            self._inode, self._offset = stat.st_ino, 0
         with open(self.path) as f:
             f.seek(self._offset)
             text = f.read()

@@ -107,6 +107,21 @@ def test_progress_reads_only_complete_new_lines(tmp_path):
     assert len(lines) == 3 and lines[1].startswith("step    2/10  reward  0.200")
 
 
+
+def test_progress_follows_the_file_the_learner_starts_afresh(tmp_path):
+    # A second run into the same folder: the view had read the first run's steps 1-3 when the learner
+    # replaced the file (learner.loop._trim_metrics); it used to read on from byte 3 lines in, mid-record.
+    from learner.loop import _trim_metrics
+
+    path = tmp_path / "metrics.jsonl"
+    _write_metrics(path, 3)
+    view = ProgressView(path, total=10, mode="none", stream=io.StringIO())
+    assert [r["step"] for r in view.poll()] == [1, 2, 3]
+    _trim_metrics(path, 0)
+    _write_metrics(path, 1)
+    assert [r["step"] for r in view.poll()] == [1]
+
+
 def test_plot_writes_a_png(tmp_path):
     _write_metrics(tmp_path / "metrics.jsonl", 4)
     png = plot_run(tmp_path)
