@@ -138,7 +138,7 @@ class WorkerPool:
         self.functions: dict[str, FunctionInfo] = {}
         self.fence: isolation.Fence | None = None
         self._launch: Launch | None = None
-        self._tasks: queue.Queue[_Task | None] = queue.Queue()
+        self._tasks: queue.SimpleQueue[_Task | None] = queue.SimpleQueue()  # C: cheaper per hand-off than Queue
         self._threads: list[threading.Thread] = []
         self._pending = 0
         self._lock = threading.Lock()

@@ -18,6 +18,9 @@ HEADER = struct.Struct("!i")
 MAX_FRAME_BYTES = 64 * 1024**2
 """Largest reply accepted; a chunk's outcomes take a few KiB."""
 MAX_ERROR_CHARS = 2000
+READ_BYTES = 1 << 16
+"""Bytes asked for per read of a reply: a reply of 512 outcomes takes ~4 KiB, and os.read allocates what it asks for
+(1 MiB was an mmap and a page fault per read); a bigger frame takes several reads."""
 
 
 class MalformedReply(Exception):
@@ -27,12 +30,18 @@ class MalformedReply(Exception):
 def write_frame(fd: int, data: bytes, deadline: float) -> None:
     """Writes one frame to a non-blocking fd; TimeoutError once `deadline` (time.monotonic) passes."""
     view = memoryview(HEADER.pack(len(data)) + data)
-    poller = select.poll()
-    poller.register(fd, select.POLLOUT)
+    try:  # the common case: the pipe has room, one write and no poll
+        view = view[os.write(fd, view):]
+    except BlockingIOError:
+        pass
+    poller = None
     while view:
         remaining = deadline - time.monotonic()
         if remaining <= 0:
             raise TimeoutError("the worker stopped reading its requests")
+        if poller is None:
+            poller = select.poll()
+            poller.register(fd, select.POLLOUT)
         if poller.poll(min(remaining, 0.05) * 1000):
             try:
                 view = view[os.write(fd, view):]
@@ -81,7 +90,7 @@ class Frames:
 
     def fill(self) -> None:
         """Reads what is available; raises EOFError when the other end closed the pipe."""
-        data = os.read(self.fd, 1 << 20)
+        data = os.read(self.fd, READ_BYTES)
         if not data:
             raise EOFError
         self._buffer += data

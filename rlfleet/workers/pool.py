@@ -19,6 +19,7 @@ Each service's pool (reward_server.workers, env_server.pool) drives its Workers 
 from __future__ import annotations
 
 import ctypes
+import fcntl
 import mmap
 import os
 import pickle
@@ -55,6 +56,18 @@ class Launch:
     """True when the command starts the worker as PID 1 of its own namespace (kill that, and all is gone)."""
 
 
+PIPE_BYTES = 1 << 20
+"""Pipe buffer asked for (Linux's default unprivileged maximum): a chunk of 512 items (~80 KB) then goes in one write,
+where the default 64 KiB took two and a wait for the worker to read in between."""
+
+
+def _widen(fd: int) -> None:
+    try:
+        fcntl.fcntl(fd, getattr(fcntl, "F_SETPIPE_SZ", 1031), PIPE_BYTES)
+    except OSError:  # not Linux, or past /proc/sys/fs/pipe-max-size: the default size works, with more writes
+        pass
+
+
 def describe_exit(code: int | None) -> str:
     if code is None:
         return "worker vanished"
@@ -72,6 +85,8 @@ class Worker:
         self.launch = launch
         requests_r, requests_w = os.pipe()
         replies_r, replies_w = os.pipe()
+        for fd in (requests_w, replies_w):
+            _widen(fd)
         self._shared_file = tempfile.TemporaryFile()
         self._shared_file.truncate(SHARED_BYTES)
         self._shared = mmap.mmap(self._shared_file.fileno(), SHARED_BYTES)
