@@ -21,6 +21,7 @@ import logging
 import queue
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from reward_server import metrics
@@ -53,31 +54,31 @@ class FunctionInfo:
 
 
 @dataclass
-class _Task:
+class Chunk:
+    """A chunk of items submitted to the pool; `cancel()` (on the event loop) abandons it."""
+
     function: str
     batched: bool
     batch: RewardBatch
-    future: asyncio.Future
+    on_done: Callable[[Outcomes | None, BaseException | None], None]
     loop: asyncio.AbstractEventLoop
     abandoned: bool = False
-    """Set on the event loop when the future is cancelled; the feeder reads it (a plain attribute: no lock)."""
+    """Set on the event loop; the feeder reads it (a plain attribute: no lock)."""
+
+    def cancel(self) -> None:
+        self.abandoned = True
 
     def settle(self, outcomes: Outcomes | None, error: BaseException | None = None) -> None:
         """Hands the result to the event loop (from the feeder thread); nothing when nobody waits any more."""
         if not self.abandoned:
             try:
-                self.loop.call_soon_threadsafe(_settle, self.future, outcomes, error)
+                self.loop.call_soon_threadsafe(self._deliver, outcomes, error)
             except RuntimeError:  # the event loop is closed: the service is stopping
                 pass
 
-
-def _settle(future: asyncio.Future, outcomes: Outcomes | None, error: BaseException | None) -> None:
-    if future.done():  # cancelled meanwhile
-        return
-    if error is not None:
-        future.set_exception(error)
-    else:
-        future.set_result(outcomes)
+    def _deliver(self, outcomes: Outcomes | None, error: BaseException | None) -> None:
+        if not self.abandoned:
+            self.on_done(outcomes, error)
 
 
 @dataclass
@@ -138,7 +139,7 @@ class WorkerPool:
         self.functions: dict[str, FunctionInfo] = {}
         self.fence: isolation.Fence | None = None
         self._launch: Launch | None = None
-        self._tasks: queue.SimpleQueue[_Task | None] = queue.SimpleQueue()  # C: cheaper per hand-off than Queue
+        self._tasks: queue.SimpleQueue[Chunk | None] = queue.SimpleQueue()  # C: cheaper per hand-off than Queue
         self._threads: list[threading.Thread] = []
         self._pending = 0
         self._lock = threading.Lock()
@@ -173,20 +174,19 @@ class WorkerPool:
         """Items submitted and not finished yet (queued or running)."""
         return self._pending
 
-    def submit(self, function: str, batch: RewardBatch) -> asyncio.Future:
-        """Queues one chunk (call it on the event loop); the future gets its Outcomes. Cancel it to abandon the chunk.
+    def submit(self, function: str, batch: RewardBatch,
+               on_done: Callable[[Outcomes | None, BaseException | None], None]) -> Chunk:
+        """Queues one chunk (call it on the event loop); `on_done(outcomes, error)` runs on the loop once it is scored.
 
-        An asyncio future that the feeder resolves with call_soon_threadsafe: a concurrent.futures.Future
-        awaited through asyncio.wrap_future cost two futures, a condition variable and a callback chain.
+        A callback the feeder schedules with call_soon_threadsafe: a concurrent.futures.Future awaited
+        through asyncio.wrap_future cost two futures, a condition variable and a callback chain.
         """
-        loop = asyncio.get_running_loop()
-        task = _Task(function, self.functions[function].batched, batch, loop.create_future(), loop)
-        task.future.add_done_callback(lambda future: setattr(task, "abandoned", future.cancelled()))
+        chunk = Chunk(function, self.functions[function].batched, batch, on_done, asyncio.get_running_loop())
         with self._lock:
             self._pending += len(batch)
             metrics.QUEUE_ITEMS.set(self._pending)
-        self._tasks.put(task)
-        return task.future
+        self._tasks.put(chunk)
+        return chunk
 
     def close(self) -> None:
         for _ in self._threads:
@@ -218,7 +218,7 @@ class WorkerPool:
         holder[0] = Worker(self._launch)
         handshake(holder[0], self.start_timeout)
 
-    def _execute(self, holder: list[Worker], task: _Task, batch: RewardBatch) -> Outcomes | None:
+    def _execute(self, holder: list[Worker], task: Chunk, batch: RewardBatch) -> Outcomes | None:
         """Outcomes for `batch` (None if abandoned), retrying around failures as the module docstring says."""
         call = self._call(holder, task, batch)
         if call.abandoned:
@@ -255,7 +255,7 @@ class WorkerPool:
             self._replace(holder, "recycled")
         return holder[0]
 
-    def _call(self, holder: list[Worker], task: _Task, batch: RewardBatch) -> _Call:
+    def _call(self, holder: list[Worker], task: Chunk, batch: RewardBatch) -> _Call:
         """One round trip: send the items, wait for the answer, a death, a stall or the caller's cancel."""
         worker = self._ready_worker(holder)
         worker.progress.value = 0
