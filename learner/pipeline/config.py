@@ -108,6 +108,11 @@ class PipelineConfig(ConfigModel):
     are up (few, large calls let vLLM batch every sequence at once)."""
     max_inflight_requests: int = Field(16, ge=1)
     """Generate calls kept in flight across all generators."""
+    generate_in_order: bool = True
+    """Start a batch's generation only once the previous batch's has finished. Batches generated at once
+    share the engine and finish together, in a burst the learner then trains while the generators wait
+    for the version the next batch needs; in order, the learner trains one batch while the next generates.
+    Admission (max_staleness) still decides how far ahead a batch may start."""
     max_items_per_score_call: int = Field(1024, ge=1)
     """Most completions sent in one Score call; groups finished together are scored together up to it."""
     reward_failure_policy: Literal["drop_group", "zero"] = "drop_group"

@@ -68,6 +68,7 @@ class Slot:
     index: int
     min_version: int                         # every group of it is generated at this policy version or newer
     groups: list[Group] = field(default_factory=list)
+    generating: int = 0                      # its first rollouts still running (replacements not counted)
 
 
 Work = tuple[Slot, PromptRow, Group]
@@ -100,6 +101,7 @@ class PipelineSource(RolloutSource):
         self.max_steps = max_steps
         self.dropped_log = config.dropped_log or run_dir / "dropped.jsonl"
         self._version = 0
+        self._first_version = 0                # the learner's version when the pipeline started
         self._max_batches: int | None = None   # batches this process issues unasked (max_steps less the resumed step)
         self._started = asyncio.Event()        # the first set_policy_version came
         self._requeue: collections.deque[PromptRow] = collections.deque()
@@ -126,6 +128,7 @@ class PipelineSource(RolloutSource):
     def set_policy_version(self, version: int) -> None:
         if not self._started.is_set():
             self._max_batches = None if self.max_steps is None else max(0, self.max_steps - version)
+            self._first_version = version
             self._started.set()
         self._version = version
         self._released = self._delivered
@@ -194,6 +197,8 @@ class PipelineSource(RolloutSource):
         k = self._issued
         if k > self._released + self.config.max_staleness:
             return False
+        if self.config.generate_in_order and any(slot.generating for slot in self._slots.values()):
+            return False
         return self._max_batches is None or k < self._max_batches or k < self._asked
 
     async def _produce(self) -> None:
@@ -201,19 +206,22 @@ class PipelineSource(RolloutSource):
         while True:
             self._wake["produce"].clear()
             while self._admitted():
-                slot = Slot(self._issued, self._pushed_version())
+                slot = Slot(self._issued, self._oldest_acceptable(self._issued))
                 self._slots[slot.index] = slot
                 self._issued += 1
                 self.stats.batches_issued += 1
-                self._issue(slot, self.config.prompts_per_batch)
+                self._issue(slot, self.config.prompts_per_batch, first=True)
             await self._wake["produce"].wait()
 
-    def _pushed_version(self) -> int:
-        """A version the generators have been sent (or are being sent) by now: the learner pushes at least
-        every `push_every_steps` steps, so one at most that many less one behind its own."""
-        return max(0, self._version - (self.push_every_steps - 1))
+    def _oldest_acceptable(self, index: int) -> int:
+        """The oldest policy version batch `index` may be generated at: it is trained at learner version
+        first + index, and may lag that by max_lag. Fixed by the batch's index, not by the clock: a batch
+        issued later than admission allows (in order, after the previous one's generation) takes the
+        version the generators already serve instead of waiting for one just pushed. Issued at the
+        earliest, this is the newest version pushed by then (the learner's, less push_every_steps - 1)."""
+        return max(0, self._first_version + index - self.max_lag)
 
-    def _issue(self, slot: Slot, count: int) -> None:
+    def _issue(self, slot: Slot, count: int, first: bool = False) -> None:
         """Starts `count` new prompts for `slot` (a new batch, or replacements of dropped groups)."""
         rows = [self._requeue.popleft() if self._requeue else self.cursor.next() for _ in range(count)]
         for row in rows:
@@ -221,15 +229,21 @@ class PipelineSource(RolloutSource):
             self.stats.issued += 1
         # A replacement must not come back stale itself: it needs a version within the bound of now.
         min_version = max(slot.min_version, self._version - self.max_lag)
-        self._spawn(self._roll_out(slot, rows, min_version), f"pipeline-rollout-{slot.index}")
+        slot.generating += first
+        self._spawn(self._roll_out(slot, rows, min_version, first), f"pipeline-rollout-{slot.index}")
 
-    async def _roll_out(self, slot: Slot, rows: list[PromptRow], min_version: int) -> None:
-        async for row, group in self.driver.rollout(rows, min_version):
-            if isinstance(group, Dropped):
-                self._drop(slot, row, group.reason, group.detail)
-                continue
-            self._to_score.append((slot, row, group))
-            self._wake["score"].set()
+    async def _roll_out(self, slot: Slot, rows: list[PromptRow], min_version: int, first: bool) -> None:
+        try:
+            async for row, group in self.driver.rollout(rows, min_version):
+                if isinstance(group, Dropped):
+                    self._drop(slot, row, group.reason, group.detail)
+                    continue
+                self._to_score.append((slot, row, group))
+                self._wake["score"].set()
+        finally:
+            if first:
+                slot.generating -= 1
+                self._wake["produce"].set()
 
     def _spawn(self, coro, name: str) -> None:
         task = asyncio.create_task(coro, name=name)
