@@ -136,8 +136,7 @@ class _Work:
         self.core._running.pop(self.key, None)
         if self.key and not isinstance(result, BaseException):
             self.core._remember(self.key, result)
-        for handle in self.handles:  # parts still running after one failed
-            handle.cancel()
+        self._cancel_parts()  # parts still running after one failed
         for waiter in self.waiters:
             if not waiter.done():
                 if isinstance(result, BaseException):
@@ -149,8 +148,15 @@ class _Work:
         """Nobody waits any more: queued chunks are dropped, busy workers killed."""
         self.finished = True
         self.core._running.pop(self.key, None)
+        self._cancel_parts()
+
+    def _cancel_parts(self) -> None:
         for handle in self.handles:
             handle.cancel()
+        # The handles' callbacks refer back to this object: dropping them breaks the cycle, so that
+        # reference counting frees the request at once instead of the cyclic GC (which took ~90 us per
+        # call of 512 items, scanning every young list).
+        self.handles, self.parts = [], []
 
 
 class RewardCore:

@@ -8,6 +8,7 @@ field. The first reply is the catalog of functions, or the script's import error
 
 from __future__ import annotations
 
+import gc
 import json
 
 from reward_server.chunks import decode_chunk
@@ -47,6 +48,7 @@ def serve(job, requests: int, replies: int, progress) -> None:
         send(replies, ["import_error", str(err)])
         return
     catalog = [[f.name, f.batched, f.kind, f.description] for f in functions.values()]
+    gc.freeze()  # the imported script and built-ins (sympy among them) stay out of the cyclic GC's scans
     send(replies, ["ready", catalog])
     while True:
         try:
