@@ -42,13 +42,18 @@ def score_columns(specs: Sequence[RewardSpec], outcomes: Sequence[Outcomes], n: 
     A component that returned None is left out of the sum (not counted as 0); an item whose every
     component is None gets reward 0.0 with status OK and no components (TRL's nansum does the same).
     """
-    rewards = [0.0] * n
+    rewards: list[float] | None = None
     components: dict[str, list[float]] = {}
     failed: dict[int, list[tuple[str, Outcome]]] = {}
     for spec, out in zip(specs, outcomes, strict=True):
-        weight = spec.weight
-        rewards = [total + weight * value for total, value in zip(rewards, out.values, strict=True)]
-        column = out.values
+        weight, values = spec.weight, out.values
+        if len(values) != n:
+            raise ValueError(f"{spec.name}: {len(values)} outcomes for {n} items")
+        if rewards is None:  # the first function: a copy in C when its weight is 1 (the common single reward)
+            rewards = list(values) if weight == 1.0 else [weight * value for value in values]
+        else:
+            rewards = [total + weight * value for total, value in zip(rewards, values, strict=True)]
+        column = values
         if out.absent or out.failures:
             column = list(column)
             for i in out.absent:
@@ -57,6 +62,8 @@ def score_columns(specs: Sequence[RewardSpec], outcomes: Sequence[Outcomes], n: 
                 column[i] = NAN
                 failed.setdefault(i, []).append((spec.name, failure))
         components[spec.name] = column
+    if rewards is None:
+        rewards = [0.0] * n
     statuses = [OK] * n
     errors: dict[int, str] = {}
     for i in sorted(failed):  # a made-up reward is never trained on: 0.0, and every cause named
@@ -105,6 +112,8 @@ class _Work:
                 self.handles += [core.pool.submit(spec.name, chunk, functools.partial(self._part_done, s, c, start))
                                  for c, chunk in enumerate(chunks)]
             self.missing += len(self.parts[-1])
+        if self.missing == 0:  # no reward function at all (a model still loading): every item OK with reward 0
+            asyncio.get_running_loop().call_soon(self._complete)
 
     def _model_done(self, s: int, task: asyncio.Task) -> None:
         if task.cancelled():
@@ -124,12 +133,17 @@ class _Work:
         self.parts[s][c] = outcomes
         self.missing -= 1
         if self.missing == 0:
-            try:
-                per_spec = [Outcomes.concat(parts) for parts in self.parts]
-                self.core._record(per_spec)
-                self._finish(score_columns(self.core.specs, per_spec, self.n))
-            except Exception as err:  # noqa: BLE001 - it goes to the callers, as a task's exception would
-                self._finish(err)
+            self._complete()
+
+    def _complete(self) -> None:
+        if self.finished:
+            return
+        try:
+            per_spec = [Outcomes.concat(parts) for parts in self.parts]
+            self.core._record(per_spec)
+            self._finish(score_columns(self.core.specs, per_spec, self.n))
+        except Exception as err:  # noqa: BLE001 - it goes to the callers, as a task's exception would
+            self._finish(err)
 
     def _finish(self, result: BatchScores | BaseException) -> None:
         self.finished = True

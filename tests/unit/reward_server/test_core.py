@@ -56,6 +56,11 @@ def test_columns_give_what_combine_gives_item_by_item():
     assert scores.rewards == [0.0, -2.0, 6.0, 0.0, 2.0]
 
 
+def test_no_reward_function_scores_every_item_zero_ok():
+    scores = score_columns([], [], 2)  # a service whose only reward, a model, is still loading
+    assert (scores.rewards, scores.statuses, scores.components, scores.errors) == ([0.0, 0.0], [OK, OK], {}, {})
+
+
 def test_a_total_that_overflows_is_invalid_output():
     specs = [RewardSpec("a", 10.0, "function")]
     scores = score_columns(specs, [Outcomes([1e308, 1.0])], 2)
