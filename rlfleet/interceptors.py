@@ -160,15 +160,26 @@ class ErrorAndMetricsInterceptor(aio.ServerInterceptor):
         self.service = service
         self.gate = gate
         self.limits = limits
+        # method -> (the handler grpc found, its wrapped copy): grpc hands the same handler for every call of a
+        # method, so it is wrapped once rather than at every call (new handler tuples and closures per RPC).
+        self._wrapped: dict[str, tuple[grpc.RpcMethodHandler, grpc.RpcMethodHandler]] = {}
 
     async def intercept_service(self, continuation, details: grpc.HandlerCallDetails):
         handler = await continuation(details)
         if handler is None:
             return None
         if self.gate is not None and not self.gate.ready and self.gate.refuses(details.method):
-            handler = self.gate.refusal(handler)
-        method = details.method.rsplit("/", 1)[-1]
-        limit = self.limits.for_method(details.method) if self.limits is not None else None
+            return self._wrap(self.gate.refusal(handler), details.method)
+        cached = self._wrapped.get(details.method)
+        if cached is not None and cached[0] is handler:
+            return cached[1]
+        wrapped = self._wrap(handler, details.method)
+        self._wrapped[details.method] = (handler, wrapped)
+        return wrapped
+
+    def _wrap(self, handler: grpc.RpcMethodHandler, full_method: str) -> grpc.RpcMethodHandler:
+        method = full_method.rsplit("/", 1)[-1]
+        limit = self.limits.for_method(full_method) if self.limits is not None else None
         streaming = handler.request_streaming
         return _wrap_handler(handler, lambda fn: self._unary(fn, method, limit, streaming),
                              lambda fn: self._stream(fn, method, limit, streaming))
