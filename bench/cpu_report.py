@@ -112,7 +112,15 @@ class RunWatch:
         """(first step, last step, CPU-seconds by (service, phase) between their records)."""
         if len(self.scrapes) < 2:
             return self.first_step, self.first_step, {}
-        first, last = min(self.scrapes), max(self.scrapes)  # first: `first_step`, or the next record seen
+        first = min(self.scrapes)  # `first_step`, or the next record seen
+        # The newest scrape that reached every service of the first: the learner exits right after its
+        # last record, so the scrape that record triggers often finds it gone (and its rows were lost).
+        services = {service for service, _ in self.scrapes[first]}
+        complete = [step for step, scrape in self.scrapes.items()
+                    if step > first and services <= {service for service, _ in scrape}]
+        if not complete:
+            return first, first, {}
+        last = max(complete)
         before, after = self.scrapes[first], self.scrapes[last]
         return first, last, {k: v - before.get(k, 0.0) for k, v in after.items()
                                        if v - before.get(k, 0.0) > 0.0}
