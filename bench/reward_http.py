@@ -1,11 +1,12 @@
 """rlfleet's reward server vs the kind of server OpenRLHF's `--remote_rm_url` talks to: FastAPI + uvicorn, JSON, same function.
 
-    python -m bench.reward_http [--workers 1] [--calls 60] [--batches 64 512] [--quick]
+    python -m bench.reward_http [--workers 1] [--calls 60] [--batches 64 512] [--rounds 3] [--quick]
 
 All three servers run the same regex reward (`think_answer_format`, a built-in) on the same items,
 each in its own process, called back-to-back by one client over loopback:
 
-- rlfleet: `rlfleet reward-server` (gRPC, typed statuses, the function in isolated worker processes);
+- rlfleet: `rlfleet reward-server` (gRPC, typed statuses, the function in isolated worker processes), called
+  through ScoreBatch (columns both ways, what the learner uses); the per-item Score is reported beside it;
 - peer, in process: a FastAPI app whose handler calls the function itself (no isolation: a crash or
   a hang of the user's function takes the server with it);
 - peer, process pool: the same app handing the batch to a `ProcessPoolExecutor` of the same number
@@ -13,7 +14,8 @@ each in its own process, called back-to-back by one client over loopback:
 
 Reported per batch size: items/s (wall) and items per CPU-second of each server's process tree.
 Targets: rlfleet >= 1.0x the pooled peer at batch 64 and 512 (equal isolation), and >= 0.5x the
-in-process peer at batch 512. Throughput is wall-clock: on a shared machine, compare the CPU column.
+in-process peer at batch 512, each judged both ways. Throughput is wall-clock: on a shared machine,
+the CPU column is the one to read.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ import asyncio
 import http.client
 import json
 import os
+import statistics
 import subprocess
 import sys
 import time
@@ -41,6 +44,13 @@ def _score_chunk(items: list[dict]) -> list[float]:
     return [float(fn(i["prompt"], i["completion"], answer=i["answer"])) for i in items]
 
 
+def _die_with_parent() -> None:
+    import ctypes
+    import signal
+
+    ctypes.CDLL(None).prctl(1, signal.SIGKILL, 0, 0, 0)  # PR_SET_PDEATHSIG
+
+
 def serve_peer(port: int, mode: str, workers: int) -> None:
     """The peer: FastAPI + uvicorn, POST /score {"items": [...]} -> {"rewards": [...]}."""
     from concurrent.futures import ProcessPoolExecutor
@@ -49,7 +59,8 @@ def serve_peer(port: int, mode: str, workers: int) -> None:
     from fastapi import FastAPI
 
     app = FastAPI()
-    pool = ProcessPoolExecutor(workers) if mode == "pool" else None
+    # uvicorn re-raises SIGTERM after its shutdown, so the pool is never shut down: its workers die with the server.
+    pool = ProcessPoolExecutor(workers, initializer=_die_with_parent) if mode == "pool" else None
     if pool is not None:
         list(pool.map(_score_chunk, [[{"prompt": "", "completion": "", "answer": ""}]] * workers))  # start them
 
@@ -106,44 +117,55 @@ def measure_peer(port: int, pid: int, batch: int, calls: int) -> tuple[float, fl
     return done / (time.perf_counter() - wall), done / max(tree_seconds(pid) - cpu, 1e-9)
 
 
-def measure_rlfleet(port: int, pid: int, batch: int, calls: int) -> tuple[float, float]:
+def measure_rlfleet(port: int, pid: int, batch: int, calls: int, per_item: bool = False) -> tuple[float, float]:
     from rlfleet.clients import RewardClient
     from rlfleet.cpu import tree_seconds
-    from rlfleet.outcomes import RewardItem
+    from rlfleet.outcomes import RewardBatch, RewardItem
 
     items = [RewardItem(p, c, {"answer": a}) for p, c, a in _items(batch)]
+    columns = RewardBatch.from_items(items)
 
     async def go() -> tuple[float, float]:
         async with RewardClient(f"127.0.0.1:{port}") as client:
+            score = (lambda: client.score(items)) if per_item else (lambda: client.score_batch(columns))
             for _ in range(5):
-                await client.score(items)
+                await score()
             wall, cpu = time.perf_counter(), tree_seconds(pid)
             done = calls_made = 0
             while calls_made < calls or time.perf_counter() - wall < MIN_SECONDS:
-                done += len(await client.score(items))
+                done += len(await score())
                 calls_made += 1
             return done / (time.perf_counter() - wall), done / max(tree_seconds(pid) - cpu, 1e-9)
 
     return asyncio.run(go())
 
 
-def run(workers: int, calls: int, batches: list[int]) -> str:
-    servers = {"rlfleet reward-server": start_server(workers, REWARD),
+def run(workers: int, calls: int, batches: list[int], rounds: int = 1) -> str:
+    rlfleet = start_server(workers, REWARD)
+    servers = {"rlfleet reward-server": rlfleet, "rlfleet, per-item Score": rlfleet,
                "FastAPI, in process": start_peer("inline", workers),
                "FastAPI, process pool": start_peer("pool", workers)}
-    results: dict[tuple[str, int], tuple[float, float]] = {}
+    measured: dict[tuple[str, int], list[tuple[float, float]]] = {}
     try:
-        for batch in batches:
-            n = max(5, calls * 64 // batch)
-            for name, (proc, port) in servers.items():
-                measure = measure_rlfleet if name.startswith("rlfleet") else measure_peer
-                results[(name, batch)] = measure(port, proc.pid, batch, n)
-                print(f"  {name}, batch {batch}: {results[(name, batch)][0]:.0f} items/s", file=sys.stderr, flush=True)
+        for round_ in range(rounds):  # servers take turns, so that a change in the machine's load hits them all
+            for batch in batches:
+                n = max(5, calls * 64 // batch)
+                for name, (proc, port) in servers.items():
+                    if name.startswith("rlfleet"):
+                        got = measure_rlfleet(port, proc.pid, batch, n, per_item="per-item" in name)
+                    else:
+                        got = measure_peer(port, proc.pid, batch, n)
+                    measured.setdefault((name, batch), []).append(got)
+                    print(f"  round {round_ + 1}: {name}, batch {batch}: {got[0]:.0f} items/s, {got[1]:.0f} items/CPU-s",
+                          file=sys.stderr, flush=True)
     finally:
-        for proc, _ in servers.values():
+        for proc, _ in {proc.pid: (proc, port) for proc, port in servers.values()}.values():
             proc.terminate()
             proc.wait(30)
-    lines = [f"{REWARD}, {workers} worker(s) per server, one client calling back-to-back over loopback",
+    results = {key: (statistics.median(r for r, _ in got), statistics.median(c for _, c in got))
+               for key, got in measured.items()}
+    lines = [f"{REWARD}, {workers} worker(s) per server, one client calling back-to-back over loopback, "
+             f"median of {rounds} round(s)",
              f"{'server':24s} {'batch':>5s} {'items/s':>10s} {'items/CPU-s':>12s}"]
     for (name, batch), (rate, per_cpu) in results.items():
         lines.append(f"{name:24s} {batch:5d} {rate:10.0f} {per_cpu:12.0f}")
@@ -153,9 +175,10 @@ def run(workers: int, calls: int, batches: list[int]) -> str:
             if peer == "FastAPI, in process" and batch < 512:
                 continue
             theirs = results[(peer, batch)]
-            ratio = ours[0] / theirs[0]
-            lines.append(f"batch {batch}: rlfleet / {peer}: {ratio:.2f}x items/s (target >= {target}: "
-                         f"{'met' if ratio >= target else 'missed'}), {ours[1] / theirs[1]:.2f}x items/CPU-s")
+            wall, cpu = ours[0] / theirs[0], ours[1] / theirs[1]
+            lines.append(f"batch {batch}: rlfleet / {peer} (target >= {target}): {wall:.2f}x items/s "
+                         f"({'met' if wall >= target else 'missed'}), {cpu:.2f}x items/CPU-s "
+                         f"({'met' if cpu >= target else 'missed'})")
     lines.append(f"load average {os.getloadavg()[0]:.1f} at the end")
     return "\n".join(lines)
 
@@ -165,14 +188,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workers", type=int, default=1, help="reward workers (peer: pool processes)")
     parser.add_argument("--calls", type=int, default=60, help="calls at batch 64 (fewer at larger batches)")
     parser.add_argument("--batches", type=int, nargs="+", default=[64, 512])
-    parser.add_argument("--quick", action="store_true", help="smoke run: 15 calls")
+    parser.add_argument("--rounds", type=int, default=3, help="measurements per server and batch (median reported)")
+    parser.add_argument("--quick", action="store_true", help="smoke run: 15 calls, one round")
     parser.add_argument("--serve-peer", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--mode", choices=["inline", "pool"], default="inline", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.serve_peer:
         serve_peer(args.serve_peer, args.mode, args.workers)
         return 0
-    print(run(args.workers, 15 if args.quick else args.calls, args.batches))
+    print(run(args.workers, 15 if args.quick else args.calls, args.batches, 1 if args.quick else args.rounds))
     return 0
 
 
