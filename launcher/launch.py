@@ -90,6 +90,16 @@ def vllm_rank(rank: int) -> int:
     return next((r for r in VLLM_LORA_RANKS if r >= rank), rank)
 
 
+def learner_algo(config: UpConfig) -> dict:
+    """The learner's algorithm: GRPO with the KL term and, on single-turn tasks, rejection sampling's NLL term."""
+    algo: dict = {"kl": {"coef": config.kl_coef, "estimator": "k3", "mode": "loss"}}
+    if config.rejection_sampling > 0 and config.env is None:
+        # The best 2 of 8: more copies of a prompt's correct answer add weight to the easy prompts only.
+        algo["rejection_sampling"] = {"coef": config.rejection_sampling, "top_fraction": 0.25,
+                                      "min_reward": config.rejection_sampling_min_reward}
+    return algo
+
+
 def cluster_tables(config: UpConfig, model: str, run_dir: Path, ports: Ports) -> dict:
     """One table per service; the same tables a compose deployment reads (compose/cluster*.toml)."""
     reward_script = str(config.reward_script or REWARD_SCRIPT)
@@ -105,7 +115,7 @@ def cluster_tables(config: UpConfig, model: str, run_dir: Path, ports: Ports) ->
             "reference": "service" if reference else "in_process",
             "lora": {"r": config.lora_rank, "alpha": config.lora_alpha},
             "deepspeed": {"zero_stage": 2, "dtype": "fp32", "lr": config.lr},
-            "algo": {"kl": {"coef": config.kl_coef, "estimator": "k3", "mode": "loss"}},
+            "algo": learner_algo(config),
             "checkpoint": {"every_steps": max(config.steps // 4, 1)},
             "generators": [f"127.0.0.1:{p}" for p in ports.generators],
             "source": {
