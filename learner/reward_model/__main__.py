@@ -33,6 +33,7 @@ def main(argv: list[str] | None = None) -> int:
           f"({result.dropped_pairs} longer than --max-length dropped)\n"
           f"steps                   {result.steps} (final loss {result.final_loss:.4f})\n"
           f"held-out accuracy       {result.held_out_accuracy_before:.3f} (before) -> {result.held_out_accuracy:.3f}\n"
+          f"held-out scores         mean {result.score_mean:.3f}, std {result.score_std:.3f}\n"
           f"wall time               {result.seconds:.0f}s\n"
           f"wrote {config.out}: serve it with `rlfleet reward-server --model {config.out}`")
     return 0

@@ -43,6 +43,11 @@ class TrainResult:
     held_out_accuracy: float    # fraction of held-out pairs with r(chosen) > r(rejected)
     held_out_accuracy_before: float
     seconds: float
+    # Score of the held-out completions (each once): a policy trained against the model gets the reward
+    # divided by score_std (launcher/algorithms.py), so a KL penalty or a value clip means the same
+    # for any reward model (InstructGPT normalises its reward model's scores the same way).
+    score_mean: float = float("nan")
+    score_std: float = float("nan")
 
 
 def _ds_config(config: TrainRewardModelConfig) -> dict:
@@ -150,6 +155,15 @@ class RewardModelTrainer:
         self.engine.train()
         return correct / max(sum(len(pairs) for pairs in by_prompt.values()), 1)
 
+    @torch.no_grad()
+    def score_stats(self, by_prompt: dict[str, list[Encoded]]) -> tuple[float, float]:
+        """Mean and (population) std of the scores of every distinct completion in `by_prompt`, in eval mode."""
+        self.engine.eval()
+        sequences = list(dict.fromkeys(s for pairs in by_prompt.values() for pair in pairs for s in pair))
+        scores = torch.cat([self.scores(sequences[i:i + 256]) for i in range(0, len(sequences), 256)])  # [S]
+        self.engine.train()
+        return float(scores.mean()), float(scores.std(correction=0))
+
     def save(self, out: Path, result: TrainResult) -> Path:
         """Writes the classifier (LoRA merged) with its tokenizer and metrics.json to `out`."""
         model = self.engine.module
@@ -181,8 +195,10 @@ def train_reward_model(config: TrainRewardModelConfig, train: list[PreferencePai
                 loss, acc = _mean(history[-config.log_every:])
                 log.info("train-rm epoch %d step %d: loss %.4f, batch accuracy %.3f", epoch + 1, len(history), loss, acc)
     final_loss, _ = _mean(history[-config.log_every:])
+    accuracy = trainer.accuracy(eval_ids)
+    score_mean, score_std = trainer.score_stats(eval_ids)
     result = TrainResult(_count(train_ids), _count(eval_ids), dropped_train + dropped_eval, len(history), final_loss,
-                         trainer.accuracy(eval_ids), before, time.perf_counter() - start)
+                         accuracy, before, time.perf_counter() - start, score_mean, score_std)
     trainer.save(config.out, result)
     return result
 
