@@ -11,6 +11,7 @@ import logging
 import socket
 from pathlib import Path
 
+from launcher.algorithms import check_reward_model_option
 from launcher.environment import check_env_option, uses_reward_service
 from launcher.launch import Ports
 from launcher.up import BUILTIN_MODEL, UpConfig
@@ -29,6 +30,7 @@ def check_inputs(config: UpConfig) -> None:
         check_model_path(config.model, "--model")
     check_env_option(config)   # before the dataset: a built-in environment names the dataset too
     check_dataset_option(config.dataset)
+    check_reward_model_option(config)
     check_ports_free(used_ports(config))
     if uses_reward_service(config):
         check_reward_script(config.reward_script or REWARD_SCRIPT, config.reward,

@@ -12,6 +12,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from generator.config import VLLM_LORA_RANKS
+from launcher.algorithms import apply_algorithm, prepare_reward_model, task_reward
 from launcher.cluster import ClusterError, LocalCluster, Service
 from launcher.environment import add_env_tables, tool_warm_start, uses_reward_service
 from launcher.progress import ProgressView
@@ -57,6 +58,8 @@ class Summary:
     heldout_tool_calls_after: float | None = None
     tool_calls_first_steps: float | None = None      # with --env: training trajectories that called a tool
     tool_calls_last_steps: float | None = None
+    # with a critic: its explained variance, mean over the 5 steps up to each of steps 5, 15, 30, 60, ...
+    explained_variance: dict[int, float] | None = None
 
 
 def prepare_model(config: UpConfig, run_dir: Path) -> tuple[str, float]:
@@ -100,7 +103,7 @@ def learner_algo(config: UpConfig) -> dict:
     return algo
 
 
-def cluster_tables(config: UpConfig, model: str, run_dir: Path, ports: Ports) -> dict:
+def cluster_tables(config: UpConfig, model: str, run_dir: Path, ports: Ports, reward_model: str | None = None) -> dict:
     """One table per service; the same tables a compose deployment reads (compose/cluster*.toml)."""
     reward_script = str(config.reward_script or REWARD_SCRIPT)
     reference = config.reference_service and config.kl_coef > 0
@@ -127,6 +130,7 @@ def cluster_tables(config: UpConfig, model: str, run_dir: Path, ports: Ports) ->
             },
         },
     }
+    apply_algorithm(tables, config, reward_model)
     if config.env is not None:
         add_env_tables(tables, config, f"127.0.0.1:{ports.environment}")
     return tables
@@ -172,12 +176,16 @@ def heldout_reward(config: UpConfig, tables: dict, label: str) -> tuple[float | 
                              pipeline.eval_split_fraction, pipeline.seed)
     result = asyncio.run(evaluate(eval_rows[: config.eval_rows], learner))
     parts = ", ".join(f"{k} {v:.3f}" for k, v in result.components.items())
-    print(f"           held-out reward {label}: {result.mean_reward:.3f} ({parts}; {result.rows} prompts, "
+    mean = result.mean_reward
+    if "model" in tables["reward"]:  # the policy trains on the reward model; the task's reward is what is measured
+        mean = task_reward(result.components, config.reward)
+        parts = f"reward model {result.mean_reward:.3f}; {parts}"
+    print(f"           held-out reward {label}: {mean:.3f} ({parts}; {result.rows} prompts, "
           f"policy version {result.policy_version})", flush=True)
     if result.trajectories:
         print("           held-out trajectories: " + ", ".join(f"{k} {v:.3f}" for k, v in result.trajectories.items()),
               flush=True)
-    return result.mean_reward, result.trajectories.get("tool_call_rate")
+    return mean, result.trajectories.get("tool_call_rate")
 
 
 def wait_for_version(address: str, version: int, timeout: float = 60.0) -> int:
@@ -221,10 +229,28 @@ def summarise(run_dir: Path, before: float | None, after: float | None, wall: fl
     summary = Summary(str(run_dir), len(records), int(records[-1]["policy_version"]) if records else 0,
                       sum(rewards[:k]) / k if rewards else float("nan"),
                       sum(rewards[-k:]) / k if rewards else float("nan"), before, after, wall, warm)
+    summary.explained_variance = explained_variance_over_steps(records)
     tools = [r["trajectory/tool_call_rate"] for r in records if "trajectory/tool_call_rate" in r]
     if tools:
         summary.tool_calls_first_steps, summary.tool_calls_last_steps = sum(tools[:k]) / k, sum(tools[-k:]) / k
     return summary
+
+
+def explained_variance_over_steps(records: list[dict]) -> dict[int, float] | None:
+    """{step: mean explained variance of the critic over the 5 steps up to it} at steps 5, 15, 30 and every 30
+    after, and the last step; None without a critic. A single step's value is noisy (64 samples)."""
+    ev = {int(r["step"]): r["value_explained_variance"] for r in records
+          if r.get("value_explained_variance") is not None and r["value_explained_variance"] == r["value_explained_variance"]}
+    if not ev:
+        return None
+    last = max(ev)
+    marks = sorted({s for s in [5, 15, *range(30, last + 1, 30), last] if s <= last})
+    out = {}
+    for mark in marks:
+        window = [ev[s] for s in range(mark - 4, mark + 1) if s in ev]
+        if window:
+            out[mark] = round(sum(window) / len(window), 3)
+    return out
 
 
 def _sigterm_as_interrupt(signum, frame) -> None:
@@ -237,8 +263,9 @@ def run_cluster(config: UpConfig) -> int:
     run_dir = (config.run_dir or Path("runs") / time.strftime("%Y%m%d-%H%M%S")).resolve()
     run_dir.mkdir(parents=True, exist_ok=True)
     model, warm_seconds = prepare_model(config, run_dir)
+    reward_model, _ = prepare_reward_model(config, model, run_dir)
     ports = Ports.from_base(config.base_port, config.generators)
-    tables = cluster_tables(config, model, run_dir, ports)
+    tables = cluster_tables(config, model, run_dir, ports, reward_model)
     cluster_toml = run_dir / "cluster.toml"
     cluster_toml.write_text("# Resolved by `rlfleet up`; each service reads its own table.\n\n" + to_toml(tables))
     cluster = LocalCluster(run_dir)
@@ -248,7 +275,7 @@ def run_cluster(config: UpConfig) -> int:
         services = start_services(cluster, config, cluster_toml, ports, with_reference)
         cluster.wait_healthy(services, config.health_timeout_seconds)
         before, tools_before = heldout_reward(config, tables, "before")
-        print(f"phase 3/3  training {config.steps} steps: {config.generators} generator(s), "
+        print(f"phase 3/3  training {config.steps} steps ({config.algo}): {config.generators} generator(s), "
               f"max_staleness {config.max_staleness}, group size {config.group_size}", flush=True)
         train(cluster, config, cluster_toml, ports, run_dir)
         trained = summarise(run_dir, None, None, 0, warm_seconds)
@@ -288,5 +315,8 @@ def print_summary(s: Summary) -> None:
     if s.heldout_tool_calls_before is not None:
         print(f"held-out tool-call rate {fmt(s.heldout_tool_calls_before)} (before) -> "
               f"{fmt(s.heldout_tool_calls_after)} (after; greedy)")
+    if s.explained_variance:
+        print("critic explained var.   " + ", ".join(f"{v:.2f} (step {k})" for k, v in s.explained_variance.items())
+              + "; mean of the 5 steps up to each")
     print(f"wall time               {s.wall_seconds:.0f}s (warm-start {s.warmstart_seconds:.0f}s)")
     print(f"run directory           {s.run_dir}  (training.png, metrics.jsonl, adapter/, logs/)")

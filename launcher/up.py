@@ -52,12 +52,27 @@ class UpConfig(CommandConfig):
     """With --env builtin:calculator: the fraction of warm-start conversations that call the tool (the
     rest answer straight away, i.e. guess); RL is left to find out that the tool pays. At 0.25 the
     130 steps did not teach the copying (warm-start loss 1.1, held-out 0.03, no reward to learn from)."""
+    algo: Literal["grpo", "ppo"] = "grpo"
+    """The learner's algorithm table: grpo, or ppo (a critic on its own LoRA adapter, GAE, PPO-clip, 2 epochs x 2
+    mini-batches per batch); only that table differs (launcher/algorithms.py). ppo trains on a reward model."""
+    reward_model: str | None = None
+    """Reward model whose score is the reward (the script's --reward functions stay as weight-0 components, still
+    reported): a folder from `rlfleet train-rm`, `builtin` (the default of --algo ppo on builtin:reverse) to
+    train one on the task's preference pairs from the warm-started model, or `none` for the script's rewards."""
+    reward_model_steps: int = Field(800, ge=1)
+    """Training steps of the built-in reward model (32 preference pairs each)."""
+    epochs_per_batch: int | None = Field(None, ge=1)
+    """Passes over each rollout batch; unset: the algorithm's (grpo 1, ppo 2)."""
+    minibatches_per_batch: int | None = Field(None, ge=1)
+    """Optimiser updates per pass; unset: the algorithm's (grpo 1, ppo 2). With both set alike, --algo grpo and
+    --algo ppo write configs that differ in the learner's algorithm table only."""
     generators: int = Field(1, ge=1, le=16)
     """Generator processes."""
     reference_service: bool = True
     """Start the reference service for the KL term (else the learner computes it in-process)."""
     kl_coef: float = Field(0.005, ge=0)
-    """KL coefficient (0 = no reference log-probs at all)."""
+    """KL coefficient of grpo's k3 term in the loss (0 = no reference log-probs at all); --algo ppo puts its own
+    per-token penalty in the reward instead (coefficient 0.05 on a reward of std 1), on while this is > 0."""
     steps: int = Field(150, ge=1)
     """Training steps (optimiser updates, one policy version each); 150 of the defaults take ~4 minutes on an idle
     2-core machine (bench/README.md, issue 17)."""
@@ -71,7 +86,8 @@ class UpConfig(CommandConfig):
     max_staleness: int = Field(1, ge=0)
     """Policy versions a rollout may lag (0 = on-policy; 1 overlaps generation with training)."""
     lr: float = Field(1e-3, gt=0)
-    """Learning rate of the LoRA adapter (LoRA wants ~10x full fine-tuning's; 2e-3 drifted to KL 0.3 in 40 steps)."""
+    """Learning rate of the LoRA adapter per rollout batch (LoRA wants ~10x full fine-tuning's; 2e-3 drifted to KL
+    0.3 in 40 steps): the epochs x mini-batches updates of a batch share it (ppo: 4, each at lr / 4)."""
     lora_rank: int = Field(1, ge=1)
     """LoRA rank. RL needs little capacity, and vLLM's CPU LoRA path costs per token in proportion to the rank:
     one generation call of the demo took 0.44 CPU-s at rank 1 and 1.2 at rank 16, and held-out accuracy after
