@@ -143,7 +143,7 @@ def test_rewards_flow_and_versions_advance(run):
 
 def test_metrics_endpoints_answer(run):
     assert _sample(run.metrics_text["generator-0"], "rlfleet_grpc_requests_total", method="Generate", code="OK") > 0
-    assert _sample(run.metrics_text["reward"], "rlfleet_grpc_requests_total", method="Score", code="OK") > 0
+    assert _sample(run.metrics_text["reward"], "rlfleet_grpc_requests_total", method="ScoreBatch", code="OK") > 0
     assert _sample(run.metrics_text["reference"], "rlfleet_grpc_requests_total", method="LogProbs", code="OK") > 0
     assert _sample(run.metrics_text["learner"], "rlfleet_pipeline_prompts_total", outcome="trained") > 0
 
