@@ -1,14 +1,17 @@
 """The in-learner rollout pipeline: admits batches by the staleness bound, rolls them out, scores them in bulk, emits them.
 
-Flow of one training batch k: admitted -> its prompts issued together, with the policy version they
-must be generated at (or after) fixed at issue: the newest pushed then -> the rollout driver
+Flow of one training batch k: admitted -> its prompts issued together, with the oldest policy version
+they may be generated at fixed at issue (from k: it is trained at version first + k) -> the rollout driver
 (learner/pipeline/rollout.py, the seam a multi-turn driver plugs into) turns them into groups ->
 scored in bulk (every group finished since the last Score call goes into the next one) ->
 reference log-probs in bulk (when the KL needs them) -> batch k's slot -> `next_batch`, in order.
 
 Admission, not regeneration: batch k is issued once the learner is done with batch
-k - max_staleness - 1. Its groups are generated at a version v >= the newest version pushed then,
-and trained at most `max_staleness` pushes later, so no rollout is generated only to be thrown
+k - max_staleness - 1 and (generate_in_order) batch k - 1's generation has finished, so one batch
+is trained while the next generates instead of admitted batches sharing the engine and arriving in
+a burst. Its groups are generated at a version v >= first + k - max_lag (issued at the earliest,
+the newest version pushed then; issued later, whatever the generators serve by then, with no wait
+for a fresh push) and trained at version first + k, so no rollout is generated only to be thrown
 away as stale. The learner pushes every `push_every_steps` (N) steps, so the newest pushed version
 is at least its own version less N - 1, and a rollout lags it by at most max_staleness + N - 1
 steps (N = 1: max_staleness). Asking for the learner's own version, unpushed, waited for a push
