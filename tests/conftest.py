@@ -30,6 +30,22 @@ def tiny_model_dir(tmp_path_factory) -> str:
     return str(build_tiny_model(tmp_path_factory.mktemp("models") / "tiny"))
 
 
+def random_lora_adapter(model_dir: str, out_dir, seed: int, rank: int = 8, alpha: float | None = None,
+                        targets: tuple[str, ...] = ("q_proj", "v_proj")):
+    """Saves a PEFT LoRA adapter of `model_dir` with random (non-zero) A and B, so it visibly changes the
+    model, to `out_dir` (alpha defaults to 4 x rank); returns `out_dir`."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    torch.manual_seed(seed)
+    model = AutoModelForCausalLM.from_pretrained(model_dir)
+    lora = LoraConfig(r=rank, lora_alpha=4 * rank if alpha is None else alpha, target_modules=list(targets),
+                      init_lora_weights=False)
+    get_peft_model(model, lora).save_pretrained(out_dir)
+    return out_dir
+
+
 def free_port() -> int:
     """A TCP port free on loopback right now."""
     with socket.socket() as s:

@@ -30,7 +30,7 @@ from rlfleet.generation import GeneratorInfo, LoadResult, PromptInput, Sampling
 from rlfleet.outcomes import FinishReason
 from rlfleet.rollouts import Group
 from rlfleet.v1 import generator_pb2_grpc, learner_pb2_grpc
-from tests.conftest import free_port
+from tests.conftest import free_port, random_lora_adapter
 
 pytestmark = pytest.mark.slow
 
@@ -40,20 +40,6 @@ MAX_CONCURRENT = 16
 # order: measured max |diff| 6.4e-7 for the base model and 4.9e-7 with a LoRA adapter. 1e-4 leaves
 # room for other CPUs while a real mismatch (wrong token, position, temperature applied) is > 1e-2.
 LOGPROB_TOLERANCE = 1e-4
-
-
-def make_adapter(model_dir: str, out_dir: Path, seed: int, rank: int = 8,
-                 targets: tuple[str, ...] = ("q_proj", "v_proj")) -> Path:
-    """A PEFT LoRA adapter with random (non-zero) A and B, so it visibly changes the model."""
-    import torch
-    from peft import LoraConfig, get_peft_model
-    from transformers import AutoModelForCausalLM
-
-    torch.manual_seed(seed)
-    model = AutoModelForCausalLM.from_pretrained(model_dir)
-    lora = LoraConfig(r=rank, lora_alpha=4 * rank, target_modules=list(targets), init_lora_weights=False)
-    get_peft_model(model, lora).save_pretrained(out_dir)
-    return out_dir
 
 
 class FakeLearner(learner_pb2_grpc.LearnerServiceServicer):
@@ -112,7 +98,7 @@ def _wait_serving(target: str, proc: subprocess.Popen, log: Path, limit: float =
 def gen(tiny_model_dir, tmp_path_factory):
     tmp = tmp_path_factory.mktemp("generator")
     base_id = base_model_id(tiny_model_dir)
-    adapters = {name: adapter_from_dir(make_adapter(tiny_model_dir, tmp / name, seed, rank), 1, base_id)
+    adapters = {name: adapter_from_dir(random_lora_adapter(tiny_model_dir, tmp / name, seed, rank), 1, base_id)
                 for name, seed, rank in (("a", 1, 8), ("b", 2, 8), ("c", 3, 8), ("rank16", 4, 16))}
     learner = FakeLearner(adapters["a"])
     learner_server = grpc.server(futures.ThreadPoolExecutor(max_workers=2))

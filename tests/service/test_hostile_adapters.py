@@ -26,7 +26,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from rlfleet.adapters import AdapterPayload, adapter_from_dir, base_model_id, to_chunks
 from rlfleet.v1 import common_pb2, generator_pb2, generator_pb2_grpc
-from tests.conftest import free_port
+from tests.conftest import free_port, random_lora_adapter
 
 pytestmark = pytest.mark.slow
 
@@ -36,18 +36,6 @@ class Served:
     target: str
     good: AdapterPayload        # loaded as v1 of run "run-1" before the attacks
     other: AdapterPayload       # another adapter (other weights) of the same model
-
-
-def _make_adapter(model_dir: str, out: Path, seed: int) -> Path:
-    import torch
-    from peft import LoraConfig, get_peft_model
-    from transformers import AutoModelForCausalLM
-
-    torch.manual_seed(seed)
-    model = AutoModelForCausalLM.from_pretrained(model_dir)
-    lora = LoraConfig(r=8, lora_alpha=16, target_modules=["q_proj", "v_proj"], init_lora_weights=False)
-    get_peft_model(model, lora).save_pretrained(out)
-    return out
 
 
 def _wait_serving(target: str, proc: subprocess.Popen, log: Path, limit: float = 300) -> None:
@@ -96,7 +84,7 @@ async def _info(target: str) -> generator_pb2.GeneratorInfo:
 def served(tiny_model_dir, tmp_path_factory):
     tmp = tmp_path_factory.mktemp("hostile")
     base_id = base_model_id(tiny_model_dir)
-    good, other = (adapter_from_dir(_make_adapter(tiny_model_dir, tmp / name, seed), 1, base_id, run_id="run-1")
+    good, other = (adapter_from_dir(random_lora_adapter(tiny_model_dir, tmp / name, seed, alpha=16), 1, base_id, run_id="run-1")
                    for name, seed in (("good", 1), ("other", 2)))
     port = free_port()
     log = tmp / "generator.log"

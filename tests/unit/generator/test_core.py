@@ -19,19 +19,12 @@ from generator.rollouts import GenerateBatch
 from rlfleet.adapters import AdapterPayload, adapter_from_dir, base_model_id
 from rlfleet.errors import InvalidRequest, NotFound, Overloaded, Rejected
 from rlfleet.generation import PromptInput, Sampling
+from tests.conftest import random_lora_adapter
 
 
 @pytest.fixture(scope="module")
 def adapter(tiny_model_dir, tmp_path_factory) -> AdapterPayload:
-    import torch
-    from peft import LoraConfig, get_peft_model
-    from transformers import AutoModelForCausalLM
-
-    torch.manual_seed(1)
-    out = tmp_path_factory.mktemp("adapter")
-    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
-    get_peft_model(model, LoraConfig(r=8, lora_alpha=32, target_modules=["q_proj", "v_proj"],
-                                     init_lora_weights=False)).save_pretrained(out)
+    out = random_lora_adapter(tiny_model_dir, tmp_path_factory.mktemp("adapter"), seed=1, rank=8, alpha=32)
     return adapter_from_dir(out, 1, base_model_id(tiny_model_dir))
 
 
