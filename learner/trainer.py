@@ -33,7 +33,7 @@ from learner.algos import (
     kl_penalty,
     nll_loss,
     overlong_mask,
-    top_of_each_group,
+    sft_mask,
     value_clip_frac,
     value_loss,
 )
@@ -189,8 +189,7 @@ class Trainer:
         rs = self.algo.rejection_sampling
         if rs.coef == 0:
             return None
-        keep = top_of_each_group(padded.rewards, padded.group_ids, rs.top_fraction, rs.min_reward)  # [B]
-        return padded.mask * keep[:, None].to(padded.mask.dtype)  # [B, T]
+        return sft_mask(padded.mask, padded.rewards, padded.group_ids, rs.top_fraction, rs.min_reward)  # [B, T]
 
     def old_logprobs(self, padded: PaddedBatch) -> Tensor | None:
         """Log-probs of the policy before this step's updates; skipped when there is one update (ratio = 1)."""

@@ -10,7 +10,7 @@ from learner.algos.dapo import filter_uniform_groups, overlong_mask
 from learner.algos.gae import explained_variance, value_clip_frac, value_loss
 from learner.algos.kl import kl_penalty
 from learner.algos.loss import POLICY_LOSSES, policy_loss
-from learner.algos.rejection_sampling import nll_loss, top_of_each_group
+from learner.algos.rejection_sampling import nll_loss, sft_mask, top_of_each_group
 from learner.algos.tis import tis_weight
 from learner.algos.types import (
     AdvantageInput,
@@ -37,6 +37,7 @@ __all__ = [
     "nll_loss",
     "overlong_mask",
     "policy_loss",
+    "sft_mask",
     "tis_weight",
     "top_of_each_group",
     "value_clip_frac",

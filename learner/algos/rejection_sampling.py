@@ -29,6 +29,17 @@ def top_of_each_group(rewards: Tensor, group_ids: Tensor, fraction: float, min_r
     return keep  # [B]
 
 
+def sft_mask(mask: Tensor, rewards: Tensor, group_ids: Tensor, fraction: float, min_reward: float | None = None
+             ) -> Tensor:
+    """The tokens the NLL term imitates: the trained tokens (`mask`) of each group's kept samples.  # [B, T]
+
+    `mask` is the batch's loss mask, so a multi-turn trajectory contributes its model turns only: the
+    environment's observations (loss_mask 0) are never imitated, as they are never in the policy loss.
+    """
+    keep = top_of_each_group(rewards, group_ids, fraction, min_reward)  # [B]
+    return mask * keep[:, None].to(mask.dtype)  # [B, T]
+
+
 def nll_loss(logprobs: Tensor, mask: Tensor, num_tokens: float | None = None) -> Tensor:
     """Token-mean negative log-likelihood of the masked tokens (mask = trained tokens of kept samples):
 

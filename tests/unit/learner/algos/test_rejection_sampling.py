@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from learner.algos import AlgoConfig, nll_loss, top_of_each_group
+from learner.algos import AlgoConfig, nll_loss, sft_mask, top_of_each_group
 
 F64 = torch.float64
 
@@ -47,3 +47,24 @@ def test_config_defaults_to_off_with_a_fifth_of_each_group():
     assert on.rejection_sampling.top_fraction == 0.2 and on.rejection_sampling.min_reward is None
     with pytest.raises(ValueError, match="top_fraction"):
         AlgoConfig.model_validate({"rejection_sampling": {"coef": 0.1, "top_fraction": 0}})
+
+
+def test_a_multi_turn_trajectory_is_imitated_on_its_model_turns_only():
+    # One group of two trajectories, each: model turn (2 tokens), observation (2 tokens, loss_mask 0),
+    # model answer (1 token). Rewards 1 and 0: the top half keeps trajectory 0, whose model tokens only
+    # (positions 0, 1 and 4) enter the NLL; the observation's tokens never do, nor does the padding.
+    from learner.batching import pad_batch
+    from rlfleet.rollouts import Batch, FinishReason, Group, Sample
+
+    def trajectory(reward: float, length: int) -> Sample:
+        mask = [True, True, False, False, True][:length]
+        return Sample(token_ids=list(range(10, 10 + length)), logprobs=[-1.0] * length, finish_reason=FinishReason.STOP,
+                      reward=reward, loss_mask=mask)
+
+    group = Group(prompt_id="p", prompt_ids=[1, 2], samples=[trajectory(1.0, 5), trajectory(0.0, 4)],
+                  policy_version=0)
+    padded = pad_batch(Batch(batch_id="b", groups=[group], producer="test"), pad_id=0)
+    mask = sft_mask(padded.mask, padded.rewards, padded.group_ids, fraction=0.5, min_reward=1.0)
+    assert mask.tolist() == [[1, 1, 0, 0, 1], [0, 0, 0, 0, 0]]
+    logprobs = torch.tensor([[-1.0, -2.0, -50.0, -50.0, -3.0], [-9.0, -9.0, -9.0, -9.0, float("nan")]])
+    assert nll_loss(logprobs, mask).item() == pytest.approx((1 + 2 + 3) / 3)
