@@ -56,6 +56,10 @@ class Summary:
     warmstart_seconds: float
     heldout_tool_calls_before: float | None = None   # with --env: held-out trajectories that called a tool
     heldout_tool_calls_after: float | None = None
+    heldout_sampled_before: float | None = None      # mean@k: --eval-samples per prompt at the training temperature
+    heldout_sampled_after: float | None = None
+    heldout_sampled_tool_calls_before: float | None = None
+    heldout_sampled_tool_calls_after: float | None = None
     tool_calls_first_steps: float | None = None      # with --env: training trajectories that called a tool
     tool_calls_last_steps: float | None = None
     # with a critic: its explained variance, mean over the 5 steps up to each of steps 5, 15, 30, 60, ...
@@ -94,9 +98,10 @@ def vllm_rank(rank: int) -> int:
 
 
 def learner_algo(config: UpConfig) -> dict:
-    """The learner's algorithm: GRPO with the KL term and, on single-turn tasks, rejection sampling's NLL term."""
+    """The learner's algorithm: GRPO with the KL term and rejection sampling's NLL term (on a multi-turn
+    trajectory, its model turns only: the NLL takes the loss mask, learner.algos.rejection_sampling.sft_mask)."""
     algo: dict = {"kl": {"coef": config.kl_coef, "estimator": "k3", "mode": "loss"}}
-    if config.rejection_sampling > 0 and config.env is None:
+    if config.rejection_sampling > 0:
         # The best 2 of 8: more copies of a prompt's correct answer add weight to the easy prompts only.
         algo["rejection_sampling"] = {"coef": config.rejection_sampling, "top_fraction": 0.25,
                                       "min_reward": config.rejection_sampling_min_reward}
@@ -161,11 +166,21 @@ def start_services(cluster: LocalCluster, config: UpConfig, cluster_toml: Path, 
     return services
 
 
-def heldout_reward(config: UpConfig, tables: dict, label: str) -> tuple[float | None, float | None]:
-    """Greedy held-out reward through the running generators and reward service, and (with --env) the
-    fraction of held-out trajectories that called a tool."""
+@dataclass(frozen=True)
+class HeldOut:
+    """The held-out prompts' task reward: greedy, and mean@k of k samples per prompt drawn as training draws them."""
+
+    reward: float | None = None
+    tool_calls: float | None = None          # with --env: greedy trajectories that called a tool
+    sampled_reward: float | None = None      # None with --eval-samples 0
+    sampled_tool_calls: float | None = None
+
+
+def heldout_reward(config: UpConfig, tables: dict, label: str) -> HeldOut:
+    """Held-out reward through the running generators and reward service, greedy and (with --eval-samples k)
+    mean@k at the training temperature, and (with --env) the fraction of trajectories that called a tool."""
     if config.eval_rows == 0:
-        return None, None
+        return HeldOut()
     from learner.config import LearnerConfig
     from learner.pipeline.dataset import load_rows
     from learner.pipeline.evaluate import evaluate
@@ -174,13 +189,23 @@ def heldout_reward(config: UpConfig, tables: dict, label: str) -> tuple[float | 
     pipeline = learner.source
     _, eval_rows = load_rows(pipeline.dataset, pipeline.prompt_column, pipeline.answer_column,
                              pipeline.eval_split_fraction, pipeline.seed)
-    result = asyncio.run(evaluate(eval_rows[: config.eval_rows], learner))
+    rows = eval_rows[: config.eval_rows]
+    greedy = _report(asyncio.run(evaluate(rows, learner)), config, tables, label, "greedy")
+    if config.eval_samples == 0:
+        return HeldOut(*greedy)
+    # the same seed before and after: the two draws differ only by the policy
+    sampled = asyncio.run(evaluate(rows, learner, samples=config.eval_samples, seed=config.seed))
+    return HeldOut(*greedy, *_report(sampled, config, tables, label, f"mean@{config.eval_samples}, sampled"))
+
+
+def _report(result, config: UpConfig, tables: dict, label: str, how: str) -> tuple[float, float | None]:
+    """Prints one evaluation; (task reward, tool-call rate or None)."""
     parts = ", ".join(f"{k} {v:.3f}" for k, v in result.components.items())
     mean = result.mean_reward
     if "model" in tables["reward"]:  # the policy trains on the reward model; the task's reward is what is measured
         mean = task_reward(result.components, config.reward)
         parts = f"reward model {result.mean_reward:.3f}; {parts}"
-    print(f"           held-out reward {label}: {mean:.3f} ({parts}; {result.rows} prompts, "
+    print(f"           held-out reward {label} ({how}): {mean:.3f} ({parts}; {result.rows} prompts, "
           f"policy version {result.policy_version})", flush=True)
     if result.trajectories:
         print("           held-out trajectories: " + ", ".join(f"{k} {v:.3f}" for k, v in result.trajectories.items()),
@@ -274,13 +299,13 @@ def run_cluster(config: UpConfig) -> int:
         with_reference = tables["learner"]["reference"] == "service"
         services = start_services(cluster, config, cluster_toml, ports, with_reference)
         cluster.wait_healthy(services, config.health_timeout_seconds)
-        before, tools_before = heldout_reward(config, tables, "before")
+        before = heldout_reward(config, tables, "before")
         print(f"phase 3/3  training {config.steps} steps ({config.algo}): {config.generators} generator(s), "
               f"max_staleness {config.max_staleness}, group size {config.group_size}", flush=True)
         train(cluster, config, cluster_toml, ports, run_dir)
         trained = summarise(run_dir, None, None, 0, warm_seconds)
         served = wait_for_version(f"127.0.0.1:{ports.generators[0]}", trained.policy_version)
-        after, tools_after = heldout_reward(config, tables, f"after (version {served})")
+        after = heldout_reward(config, tables, f"after (version {served})")
     except KeyboardInterrupt:
         print("\ninterrupted: stopping services (the learner checkpoints first)", flush=True)
         cluster.stop_all()
@@ -290,8 +315,11 @@ def run_cluster(config: UpConfig) -> int:
         return 1
     finally:
         cluster.stop_all()
-    summary = summarise(run_dir, before, after, time.perf_counter() - start, warm_seconds)
-    summary.heldout_tool_calls_before, summary.heldout_tool_calls_after = tools_before, tools_after
+    summary = summarise(run_dir, before.reward, after.reward, time.perf_counter() - start, warm_seconds)
+    summary.heldout_tool_calls_before, summary.heldout_tool_calls_after = before.tool_calls, after.tool_calls
+    summary.heldout_sampled_before, summary.heldout_sampled_after = before.sampled_reward, after.sampled_reward
+    summary.heldout_sampled_tool_calls_before = before.sampled_tool_calls
+    summary.heldout_sampled_tool_calls_after = after.sampled_tool_calls
     (run_dir / "summary.json").write_text(json.dumps(asdict(summary), indent=1) + "\n")
     if config.plot:
         from launcher.plot import plot_run
@@ -308,13 +336,19 @@ def print_summary(s: Summary) -> None:
     print("\n== rlfleet up: summary ==")
     print(f"steps trained           {s.steps} (policy version {s.policy_version})")
     print(f"train reward            {fmt(s.reward_first_steps)} (first steps) -> {fmt(s.reward_last_steps)} (last steps)")
-    print(f"held-out reward         {fmt(s.heldout_before)} (before) -> {fmt(s.heldout_after)} (after)")
+    print(f"held-out reward         {fmt(s.heldout_before)} (before) -> {fmt(s.heldout_after)} (after; greedy)")
+    if s.heldout_sampled_before is not None:
+        print(f"held-out reward sampled {fmt(s.heldout_sampled_before)} (before) -> {fmt(s.heldout_sampled_after)} "
+              "(after; mean over --eval-samples per prompt at the training temperature)")
     if s.tool_calls_first_steps is not None:
         print(f"train tool-call rate    {fmt(s.tool_calls_first_steps)} (first steps) -> "
               f"{fmt(s.tool_calls_last_steps)} (last steps; trajectories calling a tool)")
     if s.heldout_tool_calls_before is not None:
         print(f"held-out tool-call rate {fmt(s.heldout_tool_calls_before)} (before) -> "
               f"{fmt(s.heldout_tool_calls_after)} (after; greedy)")
+    if s.heldout_sampled_tool_calls_before is not None:
+        print(f"held-out tool-call rate {fmt(s.heldout_sampled_tool_calls_before)} (before) -> "
+              f"{fmt(s.heldout_sampled_tool_calls_after)} (after; sampled)")
     if s.explained_variance:
         print("critic explained var.   " + ", ".join(f"{v:.2f} (step {k})" for k, v in s.explained_variance.items())
               + "; mean of the 5 steps up to each")

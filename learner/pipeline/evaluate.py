@@ -1,4 +1,4 @@
-"""Held-out evaluation through the running cluster: greedy completions from the generators, scored by the reward services.
+"""Held-out evaluation through the running cluster: greedy (or sampled) completions from the generators, scored by the reward services.
 
 With `source.environment` a row's completion is a greedy multi-turn trajectory against the
 environment service (learner/pipeline/multiturn.py), scored by it and the reward services alike.
@@ -24,7 +24,7 @@ if TYPE_CHECKING:
 
 @dataclass(frozen=True)
 class EvalResult:
-    """Mean reward (and mean of each component) over the rows, with the policy version that produced them."""
+    """Mean reward (and mean of each component) over the rows' completions, with the policy version that produced them."""
 
     mean_reward: float
     components: dict[str, float]
@@ -34,27 +34,40 @@ class EvalResult:
     """Multi-turn runs: rlfleet.rollouts.trajectory_summary of the rows' trajectories (tool_call_rate, ...)."""
 
 
-async def evaluate(rows: list[PromptRow], config: LearnerConfig, batch_size: int = 32) -> EvalResult:
-    """Greedy (temperature 0) completion of every row on the first generator target, scored like training rollouts.
+async def evaluate(rows: list[PromptRow], config: LearnerConfig, batch_size: int = 32, samples: int = 0,
+                   seed: int = 0) -> EvalResult:
+    """Completions of every row on the first generator target, scored like training rollouts.
 
+    samples = 0: one greedy (temperature 0) completion per row. samples = k >= 1: k completions per
+    row drawn as training draws them (source.temperature and top_p), seeded by `seed`; the means are
+    over all of them (mean@k: what the policy does, not only its single most likely answer).
     Prompts reach the generator exactly as in training (`PromptInput.from_dataset`): chat messages as
     turns, text as a user turn when `source.chat_template` is on.
     """
+    if samples < 0:
+        raise ValueError(f"samples: {samples}; 0 (greedy) or the completions to draw per row")
     source = config.source
+    if samples == 0:
+        sampling = Sampling(n=1, max_tokens=source.max_tokens, temperature=0.0, stop=tuple(source.stop))
+    else:
+        sampling = Sampling(n=samples, max_tokens=source.max_tokens, temperature=source.temperature,
+                            top_p=source.top_p, stop=tuple(source.stop), seed=seed)
     scorer = GroupScorer(source.rewards, config.client, source.reward_timeout_seconds, source.retry_backoff_seconds)
     groups: list[Group] = []
     try:
         async with GeneratorClient(config.generators[0], config.client) as generator, \
                 _multi_turn(config) as turns:
             for start in range(0, len(rows), batch_size):
-                groups += await _generate_and_score(generator, scorer, rows[start:start + batch_size], source, turns)
+                groups += await _generate_and_score(generator, scorer, rows[start:start + batch_size], source,
+                                                    sampling, turns)
     finally:
         await scorer.close()
+    completions = [sample for group in groups for sample in group.samples]
     components: dict[str, list[float]] = {}
-    for group in groups:
-        for name, value in group.samples[0].reward_components.items():
+    for sample in completions:
+        for name, value in sample.reward_components.items():
             components.setdefault(name, []).append(value)
-    return EvalResult(sum(g.samples[0].reward for g in groups) / max(len(groups), 1),
+    return EvalResult(sum(s.reward for s in completions) / max(len(completions), 1),
                       {k: sum(v) / len(v) for k, v in components.items()}, len(groups),
                       max((g.policy_version for g in groups), default=0),
                       trajectory_summary([s.trajectory for g in groups for s in g.samples if s.trajectory is not None]))
@@ -76,10 +89,10 @@ async def _multi_turn(config: LearnerConfig):
 
 
 async def _generate_and_score(generator: GeneratorClient, scorer: GroupScorer, rows: list[PromptRow],
-                              source: PipelineConfig, turns: MultiTurnDriver | None = None) -> list[Group]:
+                              source: PipelineConfig, sampling: Sampling, turns: MultiTurnDriver | None = None
+                              ) -> list[Group]:
     by_id = {r.prompt_id: r for r in rows}
     prompts = [PromptInput.from_dataset(r.prompt_id, r.prompt, source.chat_template) for r in rows]
-    sampling = Sampling(n=1, max_tokens=source.max_tokens, temperature=0.0, stop=tuple(source.stop))
     if turns is None:
         groups = [g async for g in generator.generate(prompts, sampling, timeout=source.generate_timeout_seconds)]
     else:   # a row whose environment does not start has no trajectory to score: it is left out

@@ -84,7 +84,7 @@ def run(tmp_path_factory) -> RunRecord:
     """Trains until a killed generator has been restarted and served again and MIN_STEPS are done, then
     SIGTERMs the learner; held-out reward is measured before and after, as `rlfleet up` does."""
     run_dir = tmp_path_factory.mktemp("e2e-run")
-    config = UpConfig(generators=2, steps=500, group_size=8, prompts_per_batch=PROMPTS_PER_BATCH, max_tokens=8,
+    config = UpConfig(generators=2, steps=500, eval_samples=0, group_size=8, prompts_per_batch=PROMPTS_PER_BATCH, max_tokens=8,
                       max_staleness=MAX_STALENESS, kl_coef=0.01, lora_rank=8, eval_rows=64)
     model, _ = prepare_model(config, run_dir)  # the tiny model, warm-started: RL on a random one has no signal
     ports = Ports.from_base(random.randrange(41000, 48000, 100), generators=2)
@@ -97,7 +97,7 @@ def run(tmp_path_factory) -> RunRecord:
     try:
         services = {s.name: s for s in start_services(cluster, config, cluster_toml, ports, with_reference=True)}
         cluster.wait_healthy(list(services.values()), timeout=600)
-        record.heldout_before, _ = heldout_reward(config, tables, "before")
+        record.heldout_before = heldout_reward(config, tables, "before").reward
         learner = cluster.start(Service("learner", "learner", ["--config", str(cluster_toml)], ports.learner,
                                         ports.metrics(ports.learner), threads=2))
         cluster.wait_healthy([learner], timeout=300)
@@ -119,7 +119,7 @@ def run(tmp_path_factory) -> RunRecord:
         last = _records(run_dir)[-1]["policy_version"]
         record.final_versions = [wait_for_version(s.address, last, timeout=60)
                                  for s in (services["generator-0"], restarted)]
-        record.heldout_after, _ = heldout_reward(config, tables, "after")
+        record.heldout_after = heldout_reward(config, tables, "after").reward
     finally:
         cluster.stop_all(grace=10)
     return record

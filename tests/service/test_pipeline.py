@@ -41,6 +41,7 @@ class ScriptedGenerator(generator_pb2_grpc.GeneratorServiceServicer):
         self.calls = 0
         self.inflight = self.most_inflight = 0
         self.prompts: list[generator_pb2.Prompt] = []   # every prompt received, as sent
+        self.samplings: list = []                       # every call's sampling settings, as sent
 
     async def GetInfo(self, request, context):
         return generator_pb2.GeneratorInfo(policy_version=self.policy_version)
@@ -57,6 +58,7 @@ class ScriptedGenerator(generator_pb2_grpc.GeneratorServiceServicer):
     async def _generate(self, request, context):
         self.calls += 1
         self.prompts += request.prompts
+        self.samplings.append(request.sampling)
         await asyncio.sleep(self.call_seconds)
         for i, prompt in enumerate(request.prompts):
             if self.die_after_groups is not None and i >= self.die_after_groups:
@@ -368,3 +370,32 @@ def test_heldout_evaluation_of_a_chat_dataset_sends_the_messages(tmp_path):
     # greedy (n = 1) takes the stand-in's first, correct completion: accuracy 1 + 0.5 * similarity 1 = 1.5 each
     assert result.rows == 2 and result.mean_reward == pytest.approx(1.5)
     assert result.components == {"accuracy": 1.0, "similarity": 1.0}
+
+
+def test_sampled_heldout_evaluation_averages_every_completion(tmp_path):
+    core = _reward_core()
+    rows = [PromptRow("a", "reverse:abc", "cba", {"answer": "cba"}), PromptRow("x", "reverse:xyz", "zyx", {"answer": "zyx"})]
+
+    async def run():
+        reward = await start_server(ServerConfig(host="127.0.0.1", port=0), core)
+        generator = ScriptedGenerator()
+        server = await _generator(generator)
+        config = LearnerConfig(
+            model="unused", generators=[f"127.0.0.1:{server.port}"], client=ClientConfig(timeout_seconds=10),
+            source=PipelineConfig(rewards=[RewardServiceConfig(address=f"127.0.0.1:{reward.port}", name="task")],
+                                  temperature=0.7, top_p=0.9))
+        result = await evaluate(rows, config, samples=4, seed=5)
+        await server.stop(0)
+        await reward.stop(0)
+        return result, generator.samplings
+
+    try:
+        result, samplings = asyncio.run(run())
+    finally:
+        core.close()
+    # drawn as training draws: n = 4 at the source's temperature and top_p, seeded
+    assert [(s.n, round(s.temperature, 6), round(s.top_p, 6), s.seed) for s in samplings] == [(4, 0.7, 0.9, 5)]
+    # per row: the correct completion (1 + 0.5 * 1 = 1.5) and 3 copies of the word itself, which agrees with
+    # its reversal in the middle letter only (0 + 0.5 * 1/3); mean (1.5 + 3 * 0.5 / 3) / 4 = 0.5
+    assert result.rows == 2 and result.mean_reward == pytest.approx(0.5)
+    assert result.components == pytest.approx({"accuracy": 0.25, "similarity": 0.5})

@@ -37,6 +37,14 @@ def test_builtin_env_brings_its_dataset_its_service_and_no_reward_service(tmp_pa
     assert 50150 in ports and 50120 not in ports  # the environment's port, and no reward service's
 
 
+def test_the_calculator_warm_start_is_longer_and_calls_the_tool_less():
+    # 15% of the conversations call the tool, so the greedy policy starts by answering straight away;
+    # the copying then needs 400 steps, not the reverse task's 130, unless the user says otherwise
+    assert (UpConfig().warmstart_steps, UpConfig().warmstart_tool_fraction) == (130, 0.15)
+    assert UpConfig(env="builtin:calculator").warmstart_steps == 400
+    assert UpConfig(env="builtin:calculator", warmstart_steps=50).warmstart_steps == 50
+
+
 def test_a_reward_script_adds_a_reward_service_and_other_models_write_json(tmp_path):
     script = tmp_path / "r.py"
     config = UpConfig(env="builtin:calculator", model="models/x", reward_script=script, reward=["acc:1"])

@@ -18,6 +18,18 @@ def test_default_imitates_only_exact_answers():
     assert best_wrong == 0.375 < algo.rejection_sampling.min_reward <= 1.5
 
 
-def test_zero_weight_is_plain_grpo_and_environments_keep_their_own():
+def test_zero_weight_is_plain_grpo():
     assert "rejection_sampling" not in learner_algo(UpConfig(rejection_sampling=0))
-    assert "rejection_sampling" not in learner_algo(UpConfig(env="builtin:calculator"))
+
+
+def test_environments_imitate_their_solved_trajectories():
+    # the calculator's get_reward() is 1.0 for the exact value, 0.0 otherwise: the floor keeps solved ones only
+    from tasks.calculator_env import Calculator
+
+    algo = AlgoConfig.model_validate(learner_algo(UpConfig(env="builtin:calculator")))
+    env = Calculator()
+    env.reset(answer="2146")
+    env.on_message("2164")
+    assert env.get_reward() == 0.0 < algo.rejection_sampling.min_reward
+    env.on_message("2146")
+    assert env.get_reward() == algo.rejection_sampling.min_reward == 1.0
