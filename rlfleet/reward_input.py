@@ -35,3 +35,24 @@ def reward_model_ids(tokenizer, prompt: str, completion: str) -> list[int]:
     rendered = prompt.startswith(head) and prompt.endswith(between)
     text = prompt + completion + tail if rendered else head + prompt + between + completion + tail
     return tokenizer(text, add_special_tokens=False)["input_ids"]
+
+
+def reward_model_split(tokenizer, prompt: str, completion: str) -> tuple[list[int], int]:
+    """(`reward_model_ids`, where the completion's part starts): the tokens a likelihood-scored reward model
+    scores are ids[start:] (the completion and the template's closing part, e.g. the end-of-turn token).
+
+    The start is how far the ids of the prompt part alone (the text up to the completion) agree with
+    the whole, so a tokenizer that merges across the boundary gives the merged token to the completion.
+    """
+    whole = reward_model_ids(tokenizer, prompt, completion)
+    if getattr(tokenizer, "chat_template", None):
+        head, between, tail = _template_parts(tokenizer)
+        rendered = prompt.startswith(head) and prompt.endswith(between)
+        ids = tokenizer(prompt if rendered else head + prompt + between, add_special_tokens=False)["input_ids"]
+    else:
+        ids = tokenizer(prompt, add_special_tokens=True)["input_ids"]
+    start = 0
+    while start < min(len(ids), len(whole)) and ids[start] == whole[start]:
+        start += 1
+    return whole, min(start, len(whole) - 1)
+

@@ -22,8 +22,13 @@ class TrainRewardModelConfig(CommandConfig):
     file with prompt, chosen and rejected columns."""
     out: Path = Path("models/reward")
     """Folder written for `rlfleet reward-server --model`: the merged classifier, its tokenizer, metrics.json."""
+    score: Literal["classifier", "mean_logprob"] = "classifier"
+    """How the model scores a completion: a one-output score head on the last token (a sequence classifier), or
+    the causal LM's mean log-probability of the completion's tokens (SimPO's implicit reward; rlfleet.reward_score).
+    The Bradley-Terry loss is the same over either score; the reward server reads which from the folder."""
     method: Literal["lora", "full"] = "lora"
-    """Train a LoRA adapter (merged into the weights at the end) or every weight; the score head is always trained in full."""
+    """Train a LoRA adapter (merged into the weights at the end) or every weight; a classifier's score head is always
+    trained in full."""
     lora: LoraSettings = LoraSettings()
     """The LoRA adapter when method = lora."""
     deepspeed: DeepSpeedSettings = DeepSpeedSettings(zero_stage=0)

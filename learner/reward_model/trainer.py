@@ -1,4 +1,5 @@
-"""Bradley-Terry reward-model training on DeepSpeed: a one-output sequence classifier scores prompt + completion.
+"""Bradley-Terry reward-model training on DeepSpeed: a one-output sequence classifier (or a causal LM's mean
+log-probability of the completion, `--score mean_logprob`) scores prompt + completion.
 
     loss = -log sigmoid(r(prompt + chosen) - r(prompt + rejected))       (Bradley & Terry 1952; Ouyang et al. 2022, eq. 1)
 
@@ -23,7 +24,8 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from learner.reward_model.config import TrainRewardModelConfig
-from rlfleet.reward_input import reward_model_ids
+from rlfleet.reward_input import reward_model_ids, reward_model_split
+from rlfleet.reward_score import MEAN_LOGPROB, SCORE_KEY, mean_completion_logprob
 from tasks.preferences import PreferencePair
 
 log = logging.getLogger(__name__)
@@ -76,7 +78,14 @@ class RewardModelTrainer:
         if self.tokenizer.pad_token_id is None:
             self.tokenizer.pad_token = self.tokenizer.eos_token
         dtype = torch.bfloat16 if config.deepspeed.dtype == "bf16" else torch.float32
-        model = AutoModelForSequenceClassification.from_pretrained(config.model, num_labels=1, dtype=dtype)
+        self.likelihood = config.score == MEAN_LOGPROB
+        self.starts: dict[tuple[int, ...], int] = {}  # likelihood: where each encoded sequence's completion begins
+        if self.likelihood:
+            from transformers import AutoModelForCausalLM
+
+            model = AutoModelForCausalLM.from_pretrained(config.model, dtype=dtype)
+        else:
+            model = AutoModelForSequenceClassification.from_pretrained(config.model, num_labels=1, dtype=dtype)
         model.config.pad_token_id = self.tokenizer.pad_token_id
         self.model = self._wrap(model)
         warmup = config.deepspeed.warmup_steps
@@ -102,19 +111,27 @@ class RewardModelTrainer:
         lora = self.config.lora
         # task_type SEQ_CLS keeps the new score head fully trainable (PEFT's modules_to_save).
         return get_peft_model(model, LoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
-                                                target_modules=list(lora.target_modules), task_type="SEQ_CLS"))
+                                                target_modules=list(lora.target_modules),
+                                                task_type="CAUSAL_LM" if self.likelihood else "SEQ_CLS"))
 
     def encode(self, pairs: list[PreferencePair]) -> tuple[dict[str, list[Encoded]], int]:
         """(chosen ids, rejected ids) of the pairs within max_length, by prompt, and how many pairs were longer."""
         out: dict[str, list[Encoded]] = {}
         dropped = 0
         for pair in pairs:
-            ids = [tuple(reward_model_ids(self.tokenizer, pair.prompt, c)) for c in (pair.chosen, pair.rejected)]
+            ids = [self._encode_one(pair.prompt, c) for c in (pair.chosen, pair.rejected)]
             if max(len(i) for i in ids) > self.config.max_length:
                 dropped += 1
                 continue
             out.setdefault(pair.prompt, []).append((ids[0], ids[1]))
         return out, dropped
+
+    def _encode_one(self, prompt: str, completion: str) -> tuple[int, ...]:
+        if not self.likelihood:
+            return tuple(reward_model_ids(self.tokenizer, prompt, completion))
+        ids, start = reward_model_split(self.tokenizer, prompt, completion)
+        self.starts[tuple(ids)] = start
+        return tuple(ids)
 
     def margins(self, batch: list[Encoded]) -> Tensor:
         """r(chosen) - r(rejected) per pair; a sequence in several pairs (a prompt's completions are) is scored once.  # [P]"""
@@ -135,8 +152,11 @@ class RewardModelTrainer:
             input_ids[row, :len(ids)] = torch.tensor(ids)
             mask[row, :len(ids)] = 1
         device = self.engine.device
-        logits = self.engine(input_ids=input_ids.to(device), attention_mask=mask.to(device)).logits  # [N, 1]
-        return logits[:, 0].float()  # [N]
+        logits = self.engine(input_ids=input_ids.to(device), attention_mask=mask.to(device)).logits  # [N, 1] or [N, L, V]
+        if not self.likelihood:
+            return logits[:, 0].float()  # [N]
+        starts = torch.tensor([self.starts[s] for s in sequences], device=device)  # [N]
+        return mean_completion_logprob(logits, input_ids.to(device), starts, mask.sum(-1).to(device))  # [N]
 
     def step(self, batch: list[Encoded]) -> tuple[float, float]:
         """One optimiser step on a batch of encoded pairs; (BT loss, batch pairwise accuracy)."""
@@ -170,6 +190,8 @@ class RewardModelTrainer:
         if self.config.method == "lora":
             model = model.merge_and_unload()
         out.mkdir(parents=True, exist_ok=True)
+        if self.likelihood:  # what tells the reward server to score by mean log-probability
+            setattr(model.config, SCORE_KEY, MEAN_LOGPROB)
         model.save_pretrained(out, safe_serialization=True)
         self.tokenizer.save_pretrained(out)
         (out / "metrics.json").write_text(json.dumps(result.__dict__, indent=1) + "\n")
