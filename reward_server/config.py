@@ -31,7 +31,8 @@ class RewardConfig(ServiceConfig):
     reward: list[str] = []
     """Components as NAME:WEIGHT (a script function or a built-in); empty = every function of the script, weight 1."""
     model: Path | None = None
-    """Folder of a sequence-classification reward model (transformers AutoModelForSequenceClassification)."""
+    """Folder of a reward model: a sequence classifier (transformers AutoModelForSequenceClassification, one label), or
+    a causal LM whose config.json says `"rlfleet_reward_score": "mean_logprob"` (`rlfleet train-rm --score mean_logprob`)."""
     model_name: str = Field("model", pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")
     """Component name of the reward model's score."""
     model_weight: float = 1.0
