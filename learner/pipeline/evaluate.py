@@ -1,7 +1,7 @@
 """Held-out evaluation through the running cluster: greedy (or sampled) completions from the generators, scored by the reward services.
 
-With `source.environment` a row's completion is a greedy multi-turn trajectory against the
-environment service (learner/pipeline/multiturn.py), scored by it and the reward services alike.
+With `source.environment` a row's completion is a multi-turn trajectory against the environment
+service (learner/pipeline/multiturn.py), scored by it and the reward services alike.
 """
 
 from __future__ import annotations
