@@ -339,11 +339,9 @@ def test_reward_service_down_pauses_then_resumes(tmp_path, caplog):
     assert "reward service task is unavailable (UNAVAILABLE" in caplog.text and "answered again after" in caplog.text
 
 
-def test_heldout_evaluation_of_a_chat_dataset_sends_the_messages(tmp_path):
+def _evaluate_on_scripted_cluster(rows: list[PromptRow], samples: int = 0, seed: int = 0, **source):
+    """`evaluate` against a ScriptedGenerator and a real reward server on loopback; (result, the generator)."""
     core = _reward_core()
-    chat = [{"role": "system", "content": "answer with the letters only"}, {"role": "user", "content": "reverse:abc"}]
-    rows = [PromptRow("chat-0", chat, "cba", {"answer": "cba"}),
-            PromptRow("text-1", "reverse:xyz", "zyx", {"answer": "zyx"})]
 
     async def run():
         reward = await start_server(ServerConfig(host="127.0.0.1", port=0), core)
@@ -351,17 +349,25 @@ def test_heldout_evaluation_of_a_chat_dataset_sends_the_messages(tmp_path):
         server = await _generator(generator)
         config = LearnerConfig(
             model="unused", generators=[f"127.0.0.1:{server.port}"], client=ClientConfig(timeout_seconds=10),
-            source=PipelineConfig(rewards=[RewardServiceConfig(address=f"127.0.0.1:{reward.port}", name="task")]))
-        result = await evaluate(rows, config)
+            source=PipelineConfig(rewards=[RewardServiceConfig(address=f"127.0.0.1:{reward.port}", name="task")],
+                                  **source))
+        result = await evaluate(rows, config, samples=samples, seed=seed)
         await server.stop(0)
         await reward.stop(0)
-        return result, generator.prompts
+        return result, generator
 
     try:
-        result, sent = asyncio.run(run())
+        return asyncio.run(run())
     finally:
         core.close()
-    by_id = {p.prompt_id: p for p in sent}
+
+
+def test_heldout_evaluation_of_a_chat_dataset_sends_the_messages():
+    chat = [{"role": "system", "content": "answer with the letters only"}, {"role": "user", "content": "reverse:abc"}]
+    rows = [PromptRow("chat-0", chat, "cba", {"answer": "cba"}),
+            PromptRow("text-1", "reverse:xyz", "zyx", {"answer": "zyx"})]
+    result, generator = _evaluate_on_scripted_cluster(rows)
+    by_id = {p.prompt_id: p for p in generator.prompts}
     # the chat row goes as its two turns, never as the text of its Python repr
     assert [(m.role, m.content) for m in by_id["chat-0"].messages] == [(m["role"], m["content"]) for m in chat]
     assert by_id["chat-0"].text == ""
@@ -372,27 +378,10 @@ def test_heldout_evaluation_of_a_chat_dataset_sends_the_messages(tmp_path):
     assert result.components == {"accuracy": 1.0, "similarity": 1.0}
 
 
-def test_sampled_heldout_evaluation_averages_every_completion(tmp_path):
-    core = _reward_core()
+def test_sampled_heldout_evaluation_averages_every_completion():
     rows = [PromptRow("a", "reverse:abc", "cba", {"answer": "cba"}), PromptRow("x", "reverse:xyz", "zyx", {"answer": "zyx"})]
-
-    async def run():
-        reward = await start_server(ServerConfig(host="127.0.0.1", port=0), core)
-        generator = ScriptedGenerator()
-        server = await _generator(generator)
-        config = LearnerConfig(
-            model="unused", generators=[f"127.0.0.1:{server.port}"], client=ClientConfig(timeout_seconds=10),
-            source=PipelineConfig(rewards=[RewardServiceConfig(address=f"127.0.0.1:{reward.port}", name="task")],
-                                  temperature=0.7, top_p=0.9))
-        result = await evaluate(rows, config, samples=4, seed=5)
-        await server.stop(0)
-        await reward.stop(0)
-        return result, generator.samplings
-
-    try:
-        result, samplings = asyncio.run(run())
-    finally:
-        core.close()
+    result, generator = _evaluate_on_scripted_cluster(rows, samples=4, seed=5, temperature=0.7, top_p=0.9)
+    samplings = generator.samplings
     # drawn as training draws: n = 4 at the source's temperature and top_p, seeded
     assert [(s.n, round(s.temperature, 6), round(s.top_p, 6), s.seed) for s in samplings] == [(4, 0.7, 0.9, 5)]
     # per row: the correct completion (1 + 0.5 * 1 = 1.5) and 3 copies of the word itself, which agrees with
