@@ -78,7 +78,7 @@ class UpConfig(CommandConfig):
     """KL coefficient of grpo's k3 term in the loss (0 = no reference log-probs at all); --algo ppo puts its own
     per-token penalty in the reward instead (coefficient 0.05 on a reward of std 1), on while this is > 0."""
     steps: int = Field(150, ge=1)
-    """Training steps (optimiser updates, one policy version each); 150 of the defaults take ~4 minutes on an idle
+    """Training steps (optimiser updates, one policy version each); 150 of the defaults take ~2.5 minutes on an idle
     2-core machine (bench/README.md, issue 17)."""
     group_size: int = Field(8, ge=2)
     """Completions per prompt."""
