@@ -23,6 +23,8 @@ from rlfleet.adapters.identity import base_model_id
 from rlfleet.reward_input import reward_model_ids, reward_model_split
 from rlfleet.reward_score import MEAN_LOGPROB, SCORE_KEY, mean_completion_logprob
 
+LOGITS_BUDGET = 2**28  # floats of logits per forward of a likelihood model (1 GiB in float32)
+
 
 class RewardModel:
     """A transformers AutoModelForSequenceClassification with one output label, or a causal LM whose config says
@@ -41,6 +43,9 @@ class RewardModel:
         self.likelihood = kind == MEAN_LOGPROB
         if self.likelihood:
             self.model = AutoModelForCausalLM.from_pretrained(self.path, dtype=torch.float32)
+            # its forward holds [tokens x vocab] logits (and their log-softmax): keep a batch's under ~1 GiB each
+            vocab = self.model.config.vocab_size
+            self.max_batch_tokens = max(1, min(max_batch_tokens, LOGITS_BUDGET // vocab))
         else:
             self.model = AutoModelForSequenceClassification.from_pretrained(self.path, dtype=torch.float32)
             if self.model.config.num_labels != 1:
