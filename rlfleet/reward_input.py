@@ -27,14 +27,22 @@ def _template_parts(tokenizer) -> tuple[str, str, str]:
     return head, between, tail
 
 
-def reward_model_ids(tokenizer, prompt: str, completion: str) -> list[int]:
-    """The token ids a reward model scores for one (prompt, completion); see the module docstring."""
+def _around_completion(tokenizer, prompt: str) -> tuple[str, str] | None:
+    """(the text before the completion, the text after it) in the chat template; None without a template."""
     if not getattr(tokenizer, "chat_template", None):
-        return tokenizer(prompt + completion, add_special_tokens=True)["input_ids"]
+        return None
     head, between, tail = _template_parts(tokenizer)
     rendered = prompt.startswith(head) and prompt.endswith(between)
-    text = prompt + completion + tail if rendered else head + prompt + between + completion + tail
-    return tokenizer(text, add_special_tokens=False)["input_ids"]
+    return (prompt if rendered else head + prompt + between), tail
+
+
+def reward_model_ids(tokenizer, prompt: str, completion: str) -> list[int]:
+    """The token ids a reward model scores for one (prompt, completion); see the module docstring."""
+    around = _around_completion(tokenizer, prompt)
+    if around is None:
+        return tokenizer(prompt + completion, add_special_tokens=True)["input_ids"]
+    before, after = around
+    return tokenizer(before + completion + after, add_special_tokens=False)["input_ids"]
 
 
 def reward_model_split(tokenizer, prompt: str, completion: str) -> tuple[list[int], int]:
@@ -45,14 +53,10 @@ def reward_model_split(tokenizer, prompt: str, completion: str) -> tuple[list[in
     the whole, so a tokenizer that merges across the boundary gives the merged token to the completion.
     """
     whole = reward_model_ids(tokenizer, prompt, completion)
-    if getattr(tokenizer, "chat_template", None):
-        head, between, tail = _template_parts(tokenizer)
-        rendered = prompt.startswith(head) and prompt.endswith(between)
-        ids = tokenizer(prompt if rendered else head + prompt + between, add_special_tokens=False)["input_ids"]
-    else:
-        ids = tokenizer(prompt, add_special_tokens=True)["input_ids"]
+    around = _around_completion(tokenizer, prompt)
+    ids = (tokenizer(prompt, add_special_tokens=True) if around is None
+           else tokenizer(around[0], add_special_tokens=False))["input_ids"]
     start = 0
     while start < min(len(ids), len(whole)) and ids[start] == whole[start]:
         start += 1
     return whole, min(start, len(whole) - 1)
-
